@@ -1,0 +1,1 @@
+"""adapt: domain adaptation for object detection in JAX."""
