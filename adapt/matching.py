@@ -1,0 +1,111 @@
+"""Anchor-to-ground-truth matching, target assignment, hard-negative mining and balanced sampling.
+
+All functions take one image (ground truth padded to a fixed G with a validity mask) and are jit- and
+vmap-able; vmap them over the batch. Ground truth rows whose mask is False are never matched. They are jitted here (flags
+and sizes static) so that eager calls compile once instead of op by op.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from adapt.boxes import encode_boxes, pairwise_iou
+
+NEGATIVE = -1  # anchor is background
+IGNORE = -2  # anchor in the ignore band: neither positive nor negative
+
+
+@functools.partial(jax.jit, static_argnames=("allow_low_quality",))
+def match_anchors(iou, gt_mask, matched_threshold=0.5, unmatched_threshold=None, allow_low_quality=False):
+    """Argmax matcher with thresholds and an ignore band (torchvision / Detectron2 ``Matcher``).
+
+    iou: [G, A] quality of each ground truth (rows) against each anchor. An anchor takes its best valid
+    ground truth if that IoU >= matched_threshold; it is NEGATIVE (-1) below unmatched_threshold (defaults to
+    matched_threshold: no band) and IGNORE (-2) in between. With ``allow_low_quality``, every valid ground
+    truth also keeps the anchor(s) of its highest IoU, ties included: such an anchor gets back its own argmax
+    ground truth (which may be another box), as in torchvision. A ground truth that overlaps no anchor
+    (highest IoU 0) adds nothing, where torchvision would mark every zero-IoU anchor positive.
+    Returns int32 [A]: the matched gt index (>= 0), NEGATIVE or IGNORE.
+    """
+    if unmatched_threshold is None:
+        unmatched_threshold = matched_threshold
+    if iou.shape[0] == 0:
+        return jnp.full(iou.shape[1:], NEGATIVE, jnp.int32)
+    iou = jnp.where(jnp.asarray(gt_mask, bool)[:, None], jnp.asarray(iou, jnp.float32), -1.0)  # padded gt can never win
+    best_iou = iou.max(axis=0)
+    best_gt = iou.argmax(axis=0).astype(jnp.int32)
+    matches = jnp.where(best_iou >= matched_threshold, best_gt,
+                        jnp.where(best_iou < unmatched_threshold, NEGATIVE, IGNORE)).astype(jnp.int32)
+    if allow_low_quality:
+        gt_best = iou.max(axis=1, keepdims=True)  # [G, 1]
+        is_best = (iou == gt_best) & (gt_best > 0)  # padded rows hold -1, so they never count
+        matches = jnp.where(is_best.any(axis=0), best_gt, matches)
+    return matches
+
+
+@functools.partial(jax.jit, static_argnames=("allow_low_quality", "weights"))
+def assign_targets(anchors, gt_boxes, gt_labels, gt_mask, matched_threshold=0.5, unmatched_threshold=None,
+                   allow_low_quality=False, weights=(10.0, 10.0, 5.0, 5.0)):
+    """Classification and regression targets for every anchor of one image.
+
+    Returns a dict: ``matches`` [A] (as ``match_anchors``); ``cls_targets`` int32 [A], 0 for background and
+    ignored anchors, label + 1 for objects; ``box_targets`` [A, 4], the matched box encoded against its anchor
+    (``encode_boxes`` with ``weights``; 0 where not positive); boolean masks ``positive``, ``negative`` and
+    ``ignore`` [A], which serve as the loss weights.
+    """
+    gt_mask = jnp.asarray(gt_mask, bool)
+    matches = match_anchors(pairwise_iou(gt_boxes, anchors), gt_mask, matched_threshold,
+                            unmatched_threshold, allow_low_quality)
+    positive = matches >= 0
+    idx = jnp.maximum(matches, 0)
+    labels = jnp.asarray(gt_labels, jnp.int32)[idx]
+    encoded = encode_boxes(jnp.asarray(gt_boxes, jnp.float32)[idx], anchors, weights)
+    return {
+        "matches": matches,
+        "cls_targets": jnp.where(positive, labels + 1, 0).astype(jnp.int32),
+        "box_targets": jnp.where(positive[:, None], encoded, 0.0),
+        "positive": positive,
+        "negative": matches == NEGATIVE,
+        "ignore": matches == IGNORE,
+    }
+
+
+def _rank(priority, axis=-1):
+    """Position of each element when sorted by ascending priority (stable: ties keep index order)."""
+    order = jnp.argsort(priority, axis=axis, stable=True)
+    return jnp.argsort(order, axis=axis, stable=True)
+
+
+@jax.jit
+def hard_negative_mining(neg_loss, positive, negative, ratio=3):
+    """SSD hard-negative mining: keep the ``ratio * num_pos`` negatives with the largest loss.
+
+    Works on the last axis (anchors), with any leading batch dims; num_pos is counted per row, so the number
+    kept per row is min(ratio * num_pos, num_neg). Ties in the loss go to the lower anchor index. Static
+    shapes: the selection is a ranking, not a variable-size top-k. Returns the boolean mask of kept negatives.
+    """
+    negative = jnp.asarray(negative, bool)
+    num_pos = jnp.sum(jnp.asarray(positive, jnp.int32), axis=-1, keepdims=True)
+    loss = jnp.where(negative, jnp.asarray(neg_loss, jnp.float32), -jnp.inf)
+    return negative & (_rank(-loss) < ratio * num_pos)
+
+
+def _random_subset(key, mask, count):
+    """Uniformly chosen ``count`` of the True entries of ``mask`` (all of them if fewer)."""
+    priority = jnp.where(mask, jax.random.uniform(key, mask.shape), 2.0)
+    return mask & (_rank(priority) < count)
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples", "positive_fraction"))
+def sample_balanced(key, positive, negative, num_samples, positive_fraction):
+    """Sample a fixed-size minibatch of anchors/RoIs (torchvision ``BalancedPositiveNegativeSampler``).
+
+    Takes up to floor(num_samples * positive_fraction) positives at random, then fills the rest of
+    ``num_samples`` with random negatives (so fewer positives mean more negatives). Returns the boolean masks
+    (sampled_positive, sampled_negative), same shape as the inputs [A].
+    """
+    positive, negative = jnp.asarray(positive, bool), jnp.asarray(negative, bool)
+    num_pos = jnp.minimum(int(num_samples * positive_fraction), positive.sum())
+    num_neg = jnp.minimum(num_samples - num_pos, negative.sum())
+    key_pos, key_neg = jax.random.split(key)
+    return _random_subset(key_pos, positive, num_pos), _random_subset(key_neg, negative, num_neg)
