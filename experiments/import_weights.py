@@ -6,13 +6,11 @@
 Training starts from it with `--config.init_from=/tmp/resnet50_imagenet`; feed the backbone
 `adapt.models.backbones.preprocess(backbone, images01)`.
 """
-import os
-import sys
-
 from absl import app, flags
 import jax
 
 from adapt.models import keras_import
+from experiments.common import parse_flags, usage_error
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('keras_file', None, 'keras.applications model or weights file (.keras or .h5).', required=True)
@@ -22,18 +20,12 @@ flags.DEFINE_string('out', None, 'Directory of the orbax checkpoint to write (re
                     required=True)
 
 
-def parse_flags(argv):
-    """absl flag parsing, but a bad value is one line on stderr and exit status 2 (usage error)."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f'{os.path.basename(argv[0])}: {error}', file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv):
     del argv
-    variables, meta = keras_import.import_keras_backbone(FLAGS.keras_file, FLAGS.backbone)
+    try:
+        variables, meta = keras_import.import_keras_backbone(FLAGS.keras_file, FLAGS.backbone)
+    except (OSError, ValueError) as error:  # missing/unreadable file, or a file of another architecture
+        usage_error(f'cannot import {FLAGS.keras_file}: {" ".join(str(error).split())}')
     keras_import.save_backbone_checkpoint(FLAGS.out, variables, meta)
     count = sum(x.size for x in jax.tree.leaves(variables))
     print(f'wrote {FLAGS.backbone} (width {meta["width"]}, {count:,} weights) to {FLAGS.out}')
