@@ -1,0 +1,200 @@
+"""Box-aware augmentation ops for one example, as TF graph ops with explicit stateless seeds.
+
+Images are float32 [H, W, 3] in [0, 1]; boxes are float32 [N, 4] normalised yxyx. Every random op takes a
+`seed` (shape [2] int) and uses only `tf.random.stateless_*`, so an input stream is a pure function of the
+seeds the pipeline derives from (seed, epoch, example index).
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+BOX_KEEP_RULES = ("center", "area")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation settings (defaults follow SSD / torchvision `RandomIoUCrop`).
+
+    Random crop (SSD): one minimum IoU is drawn from `crop_min_ious` (None = keep the whole image); up to
+    `crop_trials` windows with sides in `crop_scale` of the image sides and width/height (pixels) in
+    `crop_aspect` are drawn at once; the first window in which some box is kept (see below) with IoU >= the
+    minimum is taken, else the whole image. Boxes are clipped to the window; a box is kept when
+    `box_keep='center'`: its centre lies strictly inside the window, or `box_keep='area'`: at least
+    `min_visible` of its area lies inside. Boxes with no area left are always dropped.
+    Colour jitter, in this order, each clipped to [0, 1]: brightness + U(-b, b), contrast x U(1-c, 1+c),
+    saturation x U(1-s, 1+s), hue + U(-h, h) (hue in turns, h <= 0.5). A strength of 0 turns that op off.
+    """
+
+    flip_prob: float = 0.5
+    crop_min_ious: Tuple[Optional[float], ...] = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+    crop_scale: Tuple[float, float] = (0.3, 1.0)
+    crop_aspect: Tuple[float, float] = (0.5, 2.0)
+    crop_trials: int = 50
+    box_keep: str = "center"
+    min_visible: float = 0.5
+    brightness: float = 32.0 / 255.0
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 18.0 / 360.0
+
+    def __post_init__(self):
+        if self.box_keep not in BOX_KEEP_RULES:
+            raise ValueError(f"box_keep={self.box_keep!r}; valid: {', '.join(BOX_KEEP_RULES)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue={self.hue} must lie in [0, 0.5]")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < lo <= hi <= 1")
+        if min(self.contrast, self.saturation, self.brightness) < 0 or max(self.contrast, self.saturation) > 1:
+            raise ValueError("brightness must be >= 0; contrast and saturation must lie in [0, 1]")
+
+    @property
+    def crops(self) -> bool:
+        return any(t is not None for t in self.crop_min_ious)
+
+    @property
+    def jitters(self) -> bool:
+        return any((self.brightness, self.contrast, self.saturation, self.hue))
+
+
+NO_AUGMENT = AugmentConfig(flip_prob=0.0, crop_min_ious=(None,), brightness=0.0, contrast=0.0,
+                           saturation=0.0, hue=0.0)
+
+
+def flip_left_right(image, boxes):
+    """Mirror the image horizontally; x -> 1 - x for the boxes (xmin and xmax swap roles)."""
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    return tf.reverse(image, axis=[1]), tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
+
+
+def random_flip(image, boxes, seed, prob):
+    flip = tf.random.stateless_uniform([], seed) < prob
+    return tf.cond(flip, lambda: flip_left_right(image, boxes), lambda: (image, boxes))
+
+
+def _iou(a, b):
+    """IoU [A, B] of yxyx boxes; the TF twin of adapt.boxes.pairwise_iou, for use inside tf.data."""
+    a, b = a[:, None, :], b[None, :, :]
+    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
+    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
+    inter = inter_h * inter_w
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
+    return tf.math.divide_no_nan(inter, area(a) + area(b) - inter)
+
+
+def boxes_in_window(boxes, windows, box_keep="center", min_visible=0.5):
+    """Boxes re-expressed in each crop window, clipped to it, and which of them are kept.
+
+    boxes [N, 4] and windows [..., 4] (normalised yxyx in the full image).
+    Returns (clipped boxes [..., N, 4] in window coordinates, keep [..., N] bool).
+    """
+    w = windows[..., None, :]
+    y0, x0, y1, x1 = w[..., 0], w[..., 1], w[..., 2], w[..., 3]
+    scale = tf.stack([y1 - y0, x1 - x0, y1 - y0, x1 - x0], axis=-1)
+    shifted = (boxes - tf.stack([y0, x0, y0, x0], axis=-1)) / scale
+    clipped = tf.clip_by_value(shifted, 0.0, 1.0)
+    has_area = (clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1])
+    if box_keep == "center":
+        cy = (boxes[:, 0] + boxes[:, 2]) / 2
+        cx = (boxes[:, 1] + boxes[:, 3]) / 2
+        keep = (cy > y0) & (cy < y1) & (cx > x0) & (cx < x1)
+    elif box_keep == "area":
+        inside = (clipped[..., 2] - clipped[..., 0]) * (clipped[..., 3] - clipped[..., 1])  # in window units
+        visible = inside * scale[..., 0] * scale[..., 1]
+        keep = visible >= min_visible * (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    else:
+        raise ValueError(f"box_keep={box_keep!r}; valid: {', '.join(BOX_KEEP_RULES)}")
+    return clipped, keep & has_area
+
+
+def sample_crop_window(boxes, height, width, seed, cfg: AugmentConfig):
+    """SSD random crop window as int32 pixels [top, left, crop_height, crop_width] (see AugmentConfig).
+
+    Candidates are snapped to whole pixels before they are tested, so the constraints hold for the exact
+    window that is cut out.
+    """
+    option_seed, box_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    thresholds = tf.constant([2.0 if t is None else t for t in cfg.crop_min_ious], tf.float32)  # 2.0: never met
+    pick = tf.random.stateless_uniform([], option_seed, maxval=len(cfg.crop_min_ious), dtype=tf.int32)
+    threshold = thresholds[pick]
+    u = tf.random.stateless_uniform([cfg.crop_trials, 4], box_seed)
+    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    lo, hi = cfg.crop_scale
+    ch = tf.clip_by_value(tf.round((lo + (hi - lo) * u[:, 0]) * hf), 1.0, hf)
+    cw = tf.clip_by_value(tf.round((lo + (hi - lo) * u[:, 1]) * wf), 1.0, wf)
+    top = tf.minimum(tf.floor(u[:, 2] * (hf - ch + 1.0)), hf - ch)
+    left = tf.minimum(tf.floor(u[:, 3] * (wf - cw + 1.0)), wf - cw)
+    windows = tf.stack([top / hf, left / wf, (top + ch) / hf, (left + cw) / wf], axis=-1)
+    aspect_ok = (cw / ch >= cfg.crop_aspect[0]) & (cw / ch <= cfg.crop_aspect[1])
+    _, keep = boxes_in_window(boxes, windows, cfg.box_keep, cfg.min_visible)
+    good = keep & (_iou(windows, boxes) >= threshold)
+    valid = aspect_ok & tf.reduce_any(good, axis=1)
+    first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
+    chosen = tf.cast(tf.stack([top, left, ch, cw], axis=-1)[first], tf.int32)
+    full = tf.stack([0, 0, tf.cast(height, tf.int32), tf.cast(width, tf.int32)])
+    return tf.where(tf.reduce_any(valid), chosen, full)
+
+
+def crop(image, boxes, window_px, box_keep="center", min_visible=0.5):
+    """Cut window_px = [top, left, h, w] out of the image; returns (image, boxes in the crop, keep [N])."""
+    image = tf.convert_to_tensor(image)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    top, left, h, w = tf.unstack(tf.cast(window_px, tf.float32))
+    window = tf.stack([top / shape[0], left / shape[1], (top + h) / shape[0], (left + w) / shape[1]])
+    new_boxes, keep = boxes_in_window(boxes, window, box_keep, min_visible)
+    t, l, hh, ww = tf.unstack(window_px)
+    return image[t:t + hh, l:l + ww, :], new_boxes, keep
+
+
+def random_crop(image, boxes, seed, cfg: AugmentConfig):
+    shape = tf.shape(image)
+    window_px = sample_crop_window(boxes, shape[0], shape[1], seed, cfg)
+    return crop(image, boxes, window_px, cfg.box_keep, cfg.min_visible)
+
+
+def jitter_factors(seed, cfg: AugmentConfig):
+    """[brightness delta, contrast factor, saturation factor, hue delta] drawn uniformly (see AugmentConfig)."""
+    u = tf.random.stateless_uniform([4], seed, minval=-1.0, maxval=1.0)
+    return tf.stack([cfg.brightness * u[0], 1.0 + cfg.contrast * u[1], 1.0 + cfg.saturation * u[2], cfg.hue * u[3]])
+
+
+def adjust_colour(image, factors):
+    """Apply jitter_factors in a fixed order, clipping to [0, 1] after each step."""
+    clip = lambda x: tf.clip_by_value(x, 0.0, 1.0)
+    image = clip(tf.image.adjust_brightness(image, factors[0]))
+    image = clip(tf.image.adjust_contrast(image, factors[1]))
+    image = clip(tf.image.adjust_saturation(image, factors[2]))
+    return clip(tf.image.adjust_hue(image, factors[3]))
+
+
+def random_colour_jitter(image, seed, cfg: AugmentConfig):
+    return adjust_colour(image, jitter_factors(seed, cfg)) if cfg.jitters else image
+
+
+def resize_geometry(height, width, target_h: int, target_w: int, letterbox: bool):
+    """(new_h, new_w, top, left) int32 placing an image of (height, width) on a target canvas.
+
+    Stretch: fill the canvas. Letterbox: largest aspect-preserving size that fits, centred; the rest is padding.
+    """
+    if not letterbox:
+        return tf.constant(target_h), tf.constant(target_w), tf.constant(0), tf.constant(0)
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    s = tf.minimum(target_h / h, target_w / w)
+    nh = tf.clip_by_value(tf.cast(tf.round(h * s), tf.int32), 1, target_h)
+    nw = tf.clip_by_value(tf.cast(tf.round(w * s), tf.int32), 1, target_w)
+    return nh, nw, (target_h - nh) // 2, (target_w - nw) // 2
+
+
+def place_boxes(boxes, new_h, new_w, top, left, target_h: int, target_w: int):
+    """Normalised boxes of an image resized to (new_h, new_w) and pasted at (top, left) on the canvas."""
+    f = lambda v: tf.cast(v, tf.float32)
+    scale = tf.stack([f(new_h) / target_h, f(new_w) / target_w] * 2)
+    offset = tf.stack([f(top) / target_h, f(left) / target_w] * 2)
+    return boxes * scale + offset
+
+
+def pad_to_canvas(image, top, left, target_h: int, target_w: int, pad_value: float):
+    shape = tf.shape(image)
+    paddings = [[top, target_h - shape[0] - top], [left, target_w - shape[1] - left], [0, 0]]
+    image = tf.pad(image, paddings, constant_values=pad_value)
+    return tf.ensure_shape(image, [target_h, target_w, 3])
