@@ -182,30 +182,17 @@ def test_unparseable_list_file_is_counted_not_raised(tmp_path):
     assert frames == [] and problems == {'malformed_frame': 1}
 
 
-# TFDS's own `tfds build` command code. The `tfds` console script of TFDS 4.9.10 imports the unrelated
-# `convert_format` and `build_croissant` commands first, which need apache-beam and mlcroissant (not
-# installed here).
-_TFDS_BUILD = """
-from absl import app
-from tensorflow_datasets.scripts.cli import build, cli_utils
-parser = cli_utils.make_flags_parser(build.Args, description='build')
-app.run(lambda args: args.execute(), flags_parser=parser)
-"""
-
-
 def test_tfds_build_command(tmp_path):
-    """`tfds build <folder> --manual_dir=...` loads the builder from its folder, `adapt` not on the path."""
+    """`python -m experiments.tfds_build bdd100k --manual_dir=...` (TFDS's build command) makes the data."""
     manual_dir = str(tmp_path / 'manual')
     answer = make_bdd_folder(manual_dir)
     data_dir = str(tmp_path / 'data')
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    folder = os.path.join(repo, 'adapt', 'datasets', 'bdd100k')
     result = subprocess.run(
-        [sys.executable, '-c', _TFDS_BUILD, folder, '--config=night', f'--manual_dir={manual_dir}',
+        [sys.executable, '-m', 'experiments.tfds_build', 'bdd100k', '--config=night', f'--manual_dir={manual_dir}',
          f'--data_dir={data_dir}'],
-        cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=''), capture_output=True, text=True, timeout=240)
+        cwd=repo, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert 'Loading dataset' in result.stderr and 'bdd100k.py' in result.stderr
     assert 'bdd100k/night train: problems by kind' in result.stderr
     builder = tfds.builder_from_directory(os.path.join(data_dir, 'bdd100k', 'night', '1.0.0'))
     for split, tfds_split in TFDS_SPLIT.items():

@@ -40,7 +40,9 @@ archives create is optional: manual_dir/bdd100k/images/... and manual_dir/images
       2. labels/bdd100k_labels_images_{train,val}.json   (2018 list)
       3. labels/100k/{train,val}/*.json                  (2018 per-frame files)
 
-  tfds build adapt/datasets/bdd100k --manual_dir=<manual_dir> [--config=night] [--data_dir=...]
+  python -m experiments.tfds_build bdd100k --manual_dir=<manual_dir> [--config=night] [--data_dir=...]
+(from the adapt repository; `tfds build adapt/datasets/bdd100k ...` is the same command where the `tfds`
+console script starts, which in tensorflow-datasets 4.9.10 needs apache-beam and mlcroissant installed).
 """
 
 SPLITS = {'train': 'train', 'validation': 'val'}  # TFDS split -> BDD folder and file name part
