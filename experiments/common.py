@@ -3,8 +3,15 @@
 A wrong flag value must never end in a traceback: `parse_flags` turns absl's flag errors into one line,
 and `check_choice` / `check_dataset` / `check_split` name the valid choices in theirs.
 """
+import difflib
 import os
 import sys
+
+# TensorFlow (tf.data, TFDS) prints C++ start-up lines on stderr (oneDNN notice, CPU features) that would
+# bury a one-line usage error; set before TensorFlow is imported. oneDNN only speeds up TF's own
+# matmuls/convs, which the input pipeline does not use.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 
 def usage_error(message):
@@ -13,13 +20,35 @@ def usage_error(message):
     sys.exit(2)
 
 
+def _one_line(error):
+    """The message of a (possibly wrapped) exception on one line, without KeyError's quoting."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    message = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    return ' '.join(message.replace("\\'", "'").split())
+
+
 def parse_flags(argv):
     """absl flag parsing (`app.run(main, flags_parser=parse_flags)`) with one-line usage errors."""
     from absl import flags
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        usage_error(' '.join(str(error).split()))
+        usage_error(_one_line(error))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # a bad --config.* override
+        usage_error(f'bad flag: {_one_line(error)}')
+
+
+def define_config(default, help_string='Preset (ml_collections get_config()).'):
+    """`--config` flag; a `--config.<key>=...` override naming no key of the preset is a usage error.
+
+    (ml_collections resolves override types while defining the flag, i.e. before absl parses the flags.)
+    """
+    from ml_collections import config_flags
+    try:
+        return config_flags.DEFINE_config_file('config', default, help_string)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        usage_error(f'bad flag: {_one_line(error)}')
 
 
 def check_choice(what, value, choices):
@@ -36,7 +65,12 @@ def check_dataset(name, data_dir=None):
     import adapt.datasets  # noqa: F401  (registers daynight_synth, bdd100k)
     base, _, rest = name.partition('/')
     base = base.split(':')[0]
-    check_choice('dataset', base, sorted(tfds.list_builders()))
+    known = tfds.list_builders()
+    if base not in known:  # TFDS has hundreds of builders: name adapt's, the closest ones and the count
+        close = difflib.get_close_matches(base, known, n=5, cutoff=0.5)
+        ours = [b for b in ('daynight_synth', 'bdd100k') if b in known]
+        usage_error(f'unknown dataset {base!r}; valid choices: {", ".join(ours)} or any of the {len(known)} '
+                    f'names in tfds.list_builders()' + (f' (closest: {", ".join(close)})' if close else ''))
     config = rest.split(':')[0]
     if config:
         configs = [c.name for c in getattr(tfds.builder_cls(base), 'BUILDER_CONFIGS', [])]

@@ -1,0 +1,184 @@
+"""Detector benchmark: train-step and inference throughput, compile time, memory, parameters and FLOPs.
+
+    python -m experiments.benchmark                                   # the quick preset's SSD
+    python -m experiments.benchmark --config=experiments/configs/ssd_full.py --batch_size=64 --json_out=b.json
+
+Runs on random images with planted boxes (no dataset needed), with the training step that
+train_detector uses (data-parallel over all local devices, target assignment included) and the
+inference function that evaluation uses (forward + decoding + per-class NMS). FLOPs per image come from
+XLA's cost analysis of the compiled programs (per device program x devices / global batch); the
+machine's peak is measured in the same run with a large float32 matmul, so "fraction of peak" compares
+like with like. Peak memory: device memory_stats() where the backend has them (GPU/TPU), else the
+process's maximum resident set size (resource.getrusage), which includes the Python runtime.
+"""
+import json
+import os
+import resource
+import time
+
+from absl import app, flags, logging
+import numpy as np
+
+from experiments import common
+
+_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+FLAGS = flags.FLAGS
+common.define_config(os.path.join(_CONFIGS, 'ssd_quick.py'))
+flags.DEFINE_string('backbone', None, 'Backbone (default: the preset\'s).')
+flags.DEFINE_string('detector', None, 'ssd | retinanet (default: the preset\'s).')
+flags.DEFINE_integer('batch_size', None, 'Global batch (default: the preset\'s).')
+flags.DEFINE_integer('image_size', None, 'Square image size (default: the preset\'s).')
+flags.DEFINE_integer('num_classes', 6, 'Object classes.')
+flags.DEFINE_integer('steps', 20, 'Timed iterations (after warm-up).')
+flags.DEFINE_integer('warmup', 3, 'Untimed iterations after compiling.')
+flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 2048 on CPU, 8192 elsewhere).')
+flags.DEFINE_string('json_out', None, 'Also write the results here as JSON.')
+
+
+def random_batch(batch_size, image_size, max_boxes, num_classes, seed=0):
+    """Images in [0, 1] and 1..max_boxes/2 random boxes per image (what the pipeline yields)."""
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(0.0, 0.7, (batch_size, max_boxes, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0.05, 0.3, (batch_size, max_boxes, 2))], -1).clip(0, 1)
+    count = rng.integers(1, max(max_boxes // 2, 1) + 1, batch_size)
+    mask = np.arange(max_boxes)[None] < count[:, None]
+    labels = np.where(mask, rng.integers(0, num_classes, (batch_size, max_boxes)), -1)
+    return {'image': rng.uniform(0, 1, (batch_size, image_size, image_size, 3)).astype(np.float32),
+            'boxes': boxes.astype(np.float32), 'labels': labels.astype(np.int32), 'mask': mask}
+
+
+def timed(fn, steps, warmup):
+    """Seconds per call of `fn()` (which must block until its results are ready)."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def flops_of(compiled):
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get('flops', float('nan')))
+
+
+def peak_matmul_flops(n):
+    """Achieved FLOP/s of an n x n float32 matmul: the machine's practical peak."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    seconds = timed(lambda: mm(a, b).block_until_ready(), steps=5, warmup=2)
+    return 2.0 * n ** 3 / seconds
+
+
+def peak_memory():
+    import jax
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+        return 'device peak', stats['peak_bytes_in_use'] / 2 ** 20
+    return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run(config, num_classes, steps, warmup, matmul_size=0):
+    """All the figures as a dict (see the module docstring)."""
+    import jax
+    from adapt.models.detector import build_detector, make_train_step
+    from adapt.models.inference import make_predict_fn
+    from adapt.methods.supervised import init_state
+    from adapt.training import data_parallel, make_mesh, replicate, shard_batch
+
+    mesh = make_mesh()
+    devices = mesh.size
+    detector = build_detector(config, num_classes, config.detector)
+    state = replicate(init_state(config, detector), mesh)
+    batch = shard_batch(random_batch(config.batch_size, config.image_size, config.max_boxes, num_classes), mesh)
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+
+    step = data_parallel(make_train_step(detector), mesh)
+    t0 = time.perf_counter()
+    train_compiled = step.lower(state, batch).compile()
+    train_compile = time.perf_counter() - t0
+    holder = [state]
+
+    def train_once():
+        holder[0], metrics, _ = train_compiled(holder[0], batch)
+        jax.block_until_ready(metrics)
+    step_s = timed(train_once, steps, warmup)
+
+    predict = make_predict_fn(detector, mesh)
+    variables = {'params': holder[0].params, 'batch_stats': holder[0].batch_stats}
+    t0 = time.perf_counter()
+    infer_compiled = predict.lower(variables, batch['image']).compile()
+    infer_compile = time.perf_counter() - t0
+    infer_s = timed(lambda: jax.block_until_ready(infer_compiled(variables, batch['image'])), steps, warmup)
+
+    b = config.batch_size
+    train_flops = flops_of(train_compiled) * devices / b
+    infer_flops = flops_of(infer_compiled) * devices / b
+    n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
+    peak = peak_matmul_flops(n)
+    mem_kind, mem_mib = peak_memory()
+    return {
+        'backend': jax.default_backend(), 'devices': devices, 'device_kind': jax.devices()[0].device_kind,
+        'backbone': config.model.backbone, 'width': config.model.width, 'detector': config.detector,
+        'image_size': config.image_size, 'batch_size': b, 'num_anchors': int(detector.anchors.shape[0]),
+        'parameters': int(params),
+        'train_compile_s': train_compile, 'train_step_ms': step_s * 1e3, 'train_images_per_s': b / step_s,
+        'infer_compile_s': infer_compile, 'infer_images_per_s': b / infer_s, 'infer_ms_per_image': infer_s * 1e3 / b,
+        'train_gflops_per_image': train_flops / 1e9, 'infer_gflops_per_image': infer_flops / 1e9,
+        'train_gflops_per_s': train_flops * b / step_s / 1e9, 'infer_gflops_per_s': infer_flops * b / infer_s / 1e9,
+        'matmul_size': n, 'peak_gflops_per_s': peak / 1e9,
+        'train_fraction_of_peak': train_flops * b / step_s / peak,
+        'infer_fraction_of_peak': infer_flops * b / infer_s / peak,
+        'peak_memory_kind': mem_kind, 'peak_memory_mib': mem_mib,
+    }
+
+
+def table(r):
+    rows = [
+        ('device', f"{r['backend']} x{r['devices']} ({r['device_kind']})"),
+        ('model', f"{r['detector']} / {r['backbone']} x{r['width']}, {r['image_size']} px, {r['num_anchors']} anchors"),
+        ('parameters', f"{r['parameters']:,}"),
+        ('batch', f"{r['batch_size']}"),
+        ('train step', f"{r['train_images_per_s']:.1f} images/s ({r['train_step_ms']:.1f} ms/step)"),
+        ('train compile', f"{r['train_compile_s']:.2f} s"),
+        ('inference', f"{r['infer_images_per_s']:.1f} images/s, {r['infer_ms_per_image']:.2f} ms/image (incl. NMS)"),
+        ('inference compile', f"{r['infer_compile_s']:.2f} s"),
+        ('FLOPs / image', f"train {r['train_gflops_per_image']:.3f} GFLOP, "
+                          f"inference {r['infer_gflops_per_image']:.3f} GFLOP"),
+        ('achieved', f"train {r['train_gflops_per_s']:.1f} GFLOP/s, inference {r['infer_gflops_per_s']:.1f} GFLOP/s"),
+        ('peak (matmul)', f"{r['peak_gflops_per_s']:.1f} GFLOP/s ({r['matmul_size']}^2 float32)"),
+        ('fraction of peak', f"train {100 * r['train_fraction_of_peak']:.1f} %, "
+                             f"inference {100 * r['infer_fraction_of_peak']:.1f} %"),
+        ('peak memory', f"{r['peak_memory_mib']:.0f} MiB ({r['peak_memory_kind']})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    from adapt.models.backbones import BACKBONES
+    from adapt.models.detector import DETECTORS
+    config = FLAGS.config
+    with config.unlocked():
+        for flag, key in (('detector', 'detector'), ('batch_size', 'batch_size'), ('image_size', 'image_size')):
+            if getattr(FLAGS, flag) is not None:
+                config[key] = getattr(FLAGS, flag)
+        if FLAGS.backbone is not None:
+            config.model.backbone = FLAGS.backbone
+    common.check_choice('detector', config.detector, DETECTORS)
+    common.check_choice('backbone', config.model.backbone, BACKBONES)
+    result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
+    print(table(result))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, 'w') as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=common.parse_flags)
