@@ -12,32 +12,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from adapt.matching import hard_negative_mining
+
 CLASSIFICATION = ('softmax', 'focal')
-
-
-def hard_negatives(neg_loss, positive, negative, ratio=3):
-    """The negatives SSD keeps: per row (last axis), the `ratio * num_pos` of largest loss (all if fewer).
-
-    Selects exactly what `adapt.matching.hard_negative_mining` selects (ties to the lower index; the test
-    compares them) for losses >= 0 such as cross-entropy, but finds the k-th largest loss by a 32-step
-    bisection on the float bit patterns (monotone for non-negative floats) instead of two argsorts over
-    all anchors: O(32 A) instead of O(A log A) per image, 20x faster on CPU for 8k anchors.
-    """
-    negative = jnp.asarray(negative, bool)
-    k = jnp.minimum(ratio * jnp.sum(positive, -1, keepdims=True), jnp.sum(negative, -1, keepdims=True))
-    loss = jnp.asarray(neg_loss, jnp.float32)
-    bits = jnp.where(negative, lax.bitcast_convert_type(jnp.where(loss > 0, loss, 0.0), jnp.int32), -1)
-
-    def halve(_, bounds):  # invariant: count(bits >= lo) >= k > count(bits >= hi + 1)
-        lo, hi = bounds
-        mid = lo + (hi - lo + 1) // 2
-        ok = jnp.sum(bits >= mid, -1, keepdims=True) >= k
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
-
-    kth, _ = lax.fori_loop(0, 32, halve, (jnp.zeros_like(k), jnp.full_like(k, 0x7F800000)))
-    ties = bits == kth
-    take_ties = ties & (jnp.cumsum(ties, -1) <= k - jnp.sum(bits > kth, -1, keepdims=True))
-    return negative & ((bits > kth) | take_ties) & (k > 0)
 
 
 def smooth_l1(x, beta=1.0):
@@ -78,7 +55,7 @@ def ssd_loss(outputs, targets, *, classification='softmax', neg_pos_ratio=3, box
 
     if classification == 'softmax':
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, cls_t)
-        hard = hard_negatives(lax.stop_gradient(ce), positive, negative, neg_pos_ratio)
+        hard = hard_negative_mining(lax.stop_gradient(ce), positive, negative, neg_pos_ratio)
         cls_sum = jnp.sum(jnp.where(positive | hard, ce, 0.0))
     elif classification == 'focal':
         onehot = jax.nn.one_hot(cls_t - 1, logits.shape[-1])  # background (0) -> all zeros
