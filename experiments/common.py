@@ -51,6 +51,25 @@ def define_config(default, help_string='Preset (ml_collections get_config()).'):
         usage_error(f'bad flag: {_one_line(error)}')
 
 
+def define_distributed_flags():
+    """Flags for JAX's multi-controller runtime: the same command on every host, each with its process_id."""
+    from absl import flags
+    flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for multi-host runs.')
+    flags.DEFINE_integer('num_processes', 1, 'Number of processes (hosts) in a multi-host run.', lower_bound=1)
+    flags.DEFINE_integer('process_id', 0, 'This process\'s index, 0 .. num_processes-1.', lower_bound=0)
+
+
+def initialize_distributed():
+    """jax.distributed.initialize from the flags of `define_distributed_flags` (a no-op for one process)."""
+    from absl import flags
+    from adapt.training import maybe_initialize_distributed
+    f = flags.FLAGS
+    if f.num_processes > 1 and (not f.coordinator_address or f.process_id >= f.num_processes):
+        usage_error('a multi-host run needs --coordinator_address=HOST:PORT and 0 <= --process_id < '
+                    '--num_processes')
+    maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+
+
 def check_choice(what, value, choices):
     """Usage error unless `value` is one of `choices`."""
     choices = list(choices)

@@ -30,6 +30,7 @@ flags.DEFINE_string('backbone', None, 'Backbone (default: the preset\'s).')
 flags.DEFINE_string('detector', None, 'ssd | retinanet (default: the preset\'s).')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 flags.DEFINE_integer('num_steps', None, 'Training steps (default: the preset\'s).')
+common.define_distributed_flags()
 flags.DEFINE_integer('kill_at_step', 0, 'Testing only: SIGKILL this process right after this step '
                      '(the crash-and-resume test).')
 
@@ -71,6 +72,7 @@ def _killer(step):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
+    common.initialize_distributed()
     config, builder = resolve_config()
     common.prepare(builder)
     from adapt.methods.supervised import train  # heavy imports only once the flags are checked
