@@ -107,8 +107,9 @@ def hard_negative_mining(neg_loss, positive, negative, ratio=3):
         ok = count_at_least(mid) >= k
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
-    lo = jnp.zeros(k.shape, jnp.uint32)
-    kth, _ = lax.fori_loop(0, 32, halve, (lo, jnp.full(k.shape, 0xFFFFFFFF, jnp.uint32)))
+    # Bounds made *_like(k) so that, inside shard_map, the loop carry varies over devices as the body's does.
+    bounds = (jnp.zeros_like(k, jnp.uint32), jnp.full_like(k, 0xFFFFFFFF, jnp.uint32))
+    kth, _ = lax.fori_loop(0, 32, halve, bounds)
     above = negative & (keys > kth)
     ties = negative & (keys == kth)
     take_ties = ties & (jnp.cumsum(ties, -1) <= k - jnp.sum(above, -1, keepdims=True))
