@@ -1,0 +1,162 @@
+"""Online cost of translating night frames to day before detecting: latency and FLOPs per image.
+
+    python -m experiments.bench_unit                                     # quick presets, random weights
+    python -m experiments.bench_unit --unit_workdir=/tmp/unit_quick --detector_workdir=/tmp/ssd_quick
+    python -m experiments.bench_unit --unit_config=experiments/configs/unit_full.py --sizes=256x256,720x1280
+
+For each image size (default: the UNIT preset's training size and 1280x720) it times, at batch 1 (one
+frame at a time, as online), the detector alone (SSD forward + decoding + NMS), the night->day UNIT
+translation alone, and translation followed by detection in one jitted function; FLOPs are XLA's cost
+analysis of the forward passes (the NMS loop is not counted). Weights do not change the cost of the
+networks, so random weights are used unless workdirs are given (a trained detector's scores change the
+NMS work a little). Prints a Markdown table and writes --output (JSON) if given.
+"""
+import json
+import os
+import time
+
+from absl import app, flags
+
+from experiments import common
+
+_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+FLAGS = flags.FLAGS
+flags.DEFINE_string('unit_config', os.path.join(_CONFIGS, 'unit_quick.py'), 'UNIT preset (architecture).')
+flags.DEFINE_string('unit_workdir', None, 'train_unit workdir: its config.json and latest checkpoint.')
+flags.DEFINE_string('detector_config', os.path.join(_CONFIGS, 'ssd_quick.py'), 'Detector preset.')
+flags.DEFINE_string('detector_workdir', None, 'train_detector workdir: its config.json and latest checkpoint.')
+flags.DEFINE_string('sizes', None, 'Comma-separated HxW sizes (default: the UNIT training size and 720x1280).')
+flags.DEFINE_integer('repeats', 10, 'Timed runs per measurement (after one warm-up run).', lower_bound=1)
+flags.DEFINE_string('output', None, 'Write the results here as JSON.')
+
+
+def _load_config(path):
+    import importlib.util
+    if not os.path.exists(path):
+        common.usage_error(f'no such config file: {path}')
+    spec = importlib.util.spec_from_file_location('preset', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _parse_sizes(text):
+    try:
+        sizes = [tuple(int(v) for v in s.lower().split('x')) for s in text.split(',') if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(s) != 2 or min(s) < 32 for s in sizes):
+        common.usage_error(f'--sizes={text!r}: expected HxW pairs such as 64x64,720x1280 (sides >= 32)')
+    return sizes
+
+
+def _workdir_state(workdir):
+    """(config dict, restored state tree) of a training workdir's latest checkpoint."""
+    from adapt.training import Checkpointer
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        common.usage_error(f'{workdir} has no config.json')
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+    try:
+        restored = ckpt.restore()
+    finally:
+        ckpt.close()
+    if restored is None:
+        common.usage_error(f'no checkpoint in {workdir}/checkpoints')
+    with open(path) as f:
+        return json.load(f), restored[0]
+
+
+def _time(fn, *args, repeats):
+    import jax
+    import numpy as np
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _flops(fn, *args):
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops', float('nan')))
+
+
+def main(argv):
+    del argv
+    from adapt.methods.translation import use_fast_cpu_convolutions
+    use_fast_cpu_convolutions()  # before JAX starts
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+    from adapt.datasets.daynight_synth import CLASS_NAMES
+    from adapt.models.detector import build_detector
+    from adapt.models.inference import make_predict_fn
+    from adapt.models.unit import UNIT, UNITConfig, init_params
+    from adapt.methods.translation import make_translate_fn
+
+    if FLAGS.unit_workdir:
+        unit_dict, unit_state = _workdir_state(FLAGS.unit_workdir)
+        cfg, gen_params = UNITConfig.from_mapping(unit_dict['model']), unit_state['params']['gen']
+        train_size = unit_dict['image_size']
+    else:
+        unit_config = _load_config(FLAGS.unit_config)
+        cfg, train_size = UNITConfig.from_mapping(unit_config.model), unit_config.image_size
+        gen_params = None
+    if FLAGS.detector_workdir:
+        det_dict, det_state = _workdir_state(FLAGS.detector_workdir)
+        det_config = ml_collections.ConfigDict(det_dict)
+        det_variables = {'params': det_state['params'], 'batch_stats': det_state.get('batch_stats', {})}
+        builder = common.check_dataset(det_config.dataset, det_dict.get('data_dir'))
+        num_classes = builder.info.features['objects']['label'].num_classes
+    else:
+        det_config, det_variables, num_classes = _load_config(FLAGS.detector_config), None, len(CLASS_NAMES)
+    train_size = (train_size,) * 2 if isinstance(train_size, int) else tuple(train_size)
+    sizes = _parse_sizes(FLAGS.sizes) if FLAGS.sizes else [train_size, (720, 1280)]
+    kind = det_config.get('detector', 'ssd')
+    rows = []
+    for h, w in sizes:
+        if gen_params is None:
+            gen_params = init_params(cfg, jax.random.PRNGKey(0), (h, w))['gen']
+        sized = ml_collections.ConfigDict({**det_config.to_dict(), 'image_size': (h, w)})
+        detector = build_detector(sized, num_classes, kind)
+        variables = det_variables or jax.device_get(detector.init(jax.random.PRNGKey(1)))
+        predict = make_predict_fn(detector)
+        translate = make_translate_fn(cfg, 'b', 'a')
+        both = jax.jit(lambda g, v, x: predict(v, translate(g, x)))
+        image = jnp.asarray(np.random.default_rng(0).random((1, h, w, 3), np.float32))
+        forward = jax.jit(lambda v, x: detector.eval_model.apply(v, x, train=False))
+        gen_forward = jax.jit(lambda g, x: UNIT(cfg).apply({'params': g}, x * 2 - 1, 'b', 'a', method=UNIT.translate))
+        row = {'size': f'{h}x{w}',
+               'detect_ms': 1e3 * _time(predict, variables, image, repeats=FLAGS.repeats),
+               'translate_ms': 1e3 * _time(translate, gen_params, image, repeats=FLAGS.repeats),
+               'translate_detect_ms': 1e3 * _time(both, gen_params, variables, image, repeats=FLAGS.repeats),
+               'detect_gflops': _flops(forward, variables, image) / 1e9,
+               'translate_gflops': _flops(gen_forward, gen_params, image) / 1e9}
+        row['total_gflops'] = row['detect_gflops'] + row['translate_gflops']
+        row['latency_factor'] = row['translate_detect_ms'] / row['detect_ms']
+        rows.append(row)
+    count = lambda t: sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(t))  # noqa: E731
+    header = (f'UNIT generator (encoder b + decoder a used online): dim {cfg.dim}, n_res {cfg.n_res}, '
+              f'{count(gen_params):,} parameters in all; detector: {kind} {det_config.model.backbone} '
+              f'x{det_config.model.width}; batch 1, {FLAGS.repeats} runs, median; {jax.devices()[0].platform}, '
+              f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}')
+    print(header)
+    print('| size | detect (ms) | translate (ms) | translate + detect (ms) | x latency | detect GFLOPs | '
+          'translate GFLOPs | x FLOPs |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        print(f"| {r['size']} | {r['detect_ms']:.1f} | {r['translate_ms']:.1f} | {r['translate_detect_ms']:.1f} | "
+              f"{r['latency_factor']:.1f} | {r['detect_gflops']:.2f} | {r['translate_gflops']:.2f} | "
+              f"{r['total_gflops'] / r['detect_gflops']:.1f} |")
+    if FLAGS.output:
+        with open(FLAGS.output, 'w') as f:
+            json.dump({'setup': header, 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=common.parse_flags)
