@@ -39,7 +39,7 @@ FEATURES = random_features('resnet18', 0.25, levels=('C2', 'C3'), seed=0)
 @pytest.fixture(scope='module')
 def runs():
     cfg = unit_tiny.config()
-    batches = [unit_tiny.batch(0, size=32), unit_tiny.batch(1, size=32)]
+    batches = [unit_tiny.batch(0), unit_tiny.batch(1)]
     start = jax.device_get(translation.init_state(cfg))
     return cfg, batches, start, {n: unit_tiny.run_steps(cfg, batches, n, state=start, weights=WEIGHTS,
                                                         features=FEATURES) for n in (1, 4)}
@@ -67,18 +67,20 @@ def test_step_objectives_equal_host_recomputation(runs):
     b = batches[0]['a'].shape[0]
     keys = [jax.random.fold_in(key, i) for i in range(b)] + [jax.random.fold_in(jax.random.fold_in(key, 1), i)
                                                                for i in range(b)]
-    shape = translation.latent_shape(cfg, (32, 32))
+    shape = translation.latent_shape(cfg, (16, 16))
     draws = jnp.stack([jax.random.normal(k, (2, *shape)) for k in keys])
     x_a, x_b = batches[0]['a'] * 2 - 1, batches[0]['b'] * 2 - 1
-    out = jax.jit(lambda p: translation.generate(UNIT(cfg), p, x_a, x_b, draws[:, 0], draws[:, 1]))(start.params['gen'])
-    critics = jax.jit(lambda p, x, d: Discriminators(cfg).apply({'params': p}, x, d), static_argnums=2)
+    fast = dict(compiler_options=unit_tiny.FAST_COMPILE)
+    out = jax.jit(lambda p: translation.generate(UNIT(cfg), p, x_a, x_b, draws[:, 0], draws[:, 1]),
+                  **fast)(start.params['gen'])
+    critics = jax.jit(lambda p, x, d: Discriminators(cfg).apply({'params': p}, x, d), static_argnums=2, **fast)
     d_total, _ = unit_discriminator_loss({'d_real_a': critics(start.params['disc'], out['x_a'], 'a'),
                                           'd_ba': critics(start.params['disc'], out['x_ba'], 'a'),
                                           'd_real_b': critics(start.params['disc'], out['x_b'], 'b'),
                                           'd_ab': critics(start.params['disc'], out['x_ab'], 'b')})
     # the critics after step 1: re-run step 1 alone (a 1-step run from the same start)
     disc1 = unit_tiny.run_steps(cfg_dict, batches[:1], 1, ('disc',), state=start)[0].params['disc']
-    features = jax.jit(lambda x: FEATURES((x + 1) / 2))
+    features = jax.jit(lambda x: FEATURES((x + 1) / 2), **fast)
     g_total, g_metrics = unit_generator_loss(
         {**out, 'd_ba': critics(disc1, out['x_ba'], 'a'), 'd_ab': critics(disc1, out['x_ab'], 'b'),
          'f_a': features(out['x_a']), 'f_b': features(out['x_b']), 'f_ab': features(out['x_ab']),

@@ -30,9 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DOMAINS = ('a', 'b')
 PAD_TYPES = ('reflect', 'zero')
-NORMS = ('instance', 'layer', 'none')
 
 # The reference initialisation: Kaiming-normal (fan in) for the generator, N(0, 0.02) for the critics.
 gen_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
