@@ -18,16 +18,12 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import common
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 FLAGS = flags.FLAGS
-try:  # ml_collections resolves --config.<field> overrides here, at definition time
-    config_flags.DEFINE_config_file('config', os.path.join(_CONFIGS, 'unit_quick.py'), 'Preset (ml_collections).')
-except (AttributeError, KeyError, TypeError, ValueError) as error:
-    common.usage_error(f'bad --config override: {error}')
+common.define_config(os.path.join(_CONFIGS, 'unit_quick.py'))
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here; rerun to resume.', required=True)
 flags.DEFINE_string('dataset_a', None, 'TFDS name[/config] of domain a (source, day).')
 flags.DEFINE_string('split_a', None, 'Split of domain a.')

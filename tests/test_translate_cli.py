@@ -119,7 +119,7 @@ def test_translate_rejects_missing_checkpoints(setup, tmp_path, checkpoints, ste
 
 @pytest.mark.parametrize('extra, message', [
     (['--config.loss.gan_kind=wgan'], 'lsgan, nsgan, hinge'),
-    (['--config.nonexistent=1'], 'bad --config override'),
+    (['--config.nonexistent=1'], 'bad flag'),
     (['--noresize'], 'drop --noresize'),     # tiny is 64 px, the tiny preset trains at 16 px
 ])
 def test_train_unit_bad_flags_one_line_exit_2(setup, tmp_path, extra, message):
