@@ -162,8 +162,6 @@ def table(r):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    from adapt.models.backbones import BACKBONES
-    from adapt.models.detector import DETECTORS
     config = FLAGS.config
     with config.unlocked():
         for flag, key in (('detector', 'detector'), ('batch_size', 'batch_size'), ('image_size', 'image_size')):
@@ -171,8 +169,7 @@ def main(argv):
                 config[key] = getattr(FLAGS, flag)
         if FLAGS.backbone is not None:
             config.model.backbone = FLAGS.backbone
-    common.check_choice('detector', config.detector, DETECTORS)
-    common.check_choice('backbone', config.model.backbone, BACKBONES)
+    common.check_detector_choices(config)
     result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
     print(table(result))
     if FLAGS.json_out:

@@ -78,6 +78,14 @@ def check_choice(what, value, choices):
     return value
 
 
+def check_detector_choices(config):
+    """Usage error unless the config names a known detector and backbone."""
+    from adapt.models.backbones import BACKBONES
+    from adapt.models.detector import DETECTORS
+    check_choice('detector', config.detector, DETECTORS)
+    check_choice('backbone', config.model.backbone, BACKBONES)
+
+
 def check_dataset(name, data_dir=None):
     """A TFDS builder for 'name[/config][:version]' (after registering adapt's builders)."""
     import tensorflow_datasets as tfds

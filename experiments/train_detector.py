@@ -37,8 +37,6 @@ flags.DEFINE_integer('kill_at_step', 0, 'Testing only: SIGKILL this process righ
 
 def resolve_config():
     """The preset with the flags applied and every choice validated (usage error, exit 2, otherwise)."""
-    from adapt.models.backbones import BACKBONES
-    from adapt.models.detector import DETECTORS
     from adapt.methods.supervised import optimizer_config
     config = FLAGS.config
     with config.unlocked():
@@ -47,8 +45,7 @@ def resolve_config():
                 config[name] = getattr(FLAGS, name)
         if FLAGS.backbone is not None:
             config.model.backbone = FLAGS.backbone
-    common.check_choice('detector', config.detector, DETECTORS)
-    common.check_choice('backbone', config.model.backbone, BACKBONES)
+    common.check_detector_choices(config)
     try:
         optimizer_config(config)
     except ValueError as error:
