@@ -298,9 +298,8 @@ def worker(framework, argv, conn):
     a = parse_args(argv)
     global SUBPIXEL
     SUBPIXEL = a.subpixel
-    if framework == 'jax' and not a.keep_ynn:
-        from adapt.methods.translation import use_fast_cpu_convolutions
-        use_fast_cpu_convolutions()  # what experiments/train_unit.py does
+    if framework == 'jax' and a.keep_ynn:
+        os.environ['ADAPT_KEEP_YNNPACK'] = '1'  # importing adapt would turn YNNPACK off
     run, description = build(a, framework)
     t = time.perf_counter()
     run(1)  # JAX: compile

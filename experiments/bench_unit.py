@@ -22,9 +22,9 @@ from experiments import common
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 FLAGS = flags.FLAGS
 flags.DEFINE_string('unit_config', os.path.join(_CONFIGS, 'unit_quick.py'), 'UNIT preset (architecture).')
-flags.DEFINE_string('unit_workdir', None, 'train_unit workdir: its config.json and latest checkpoint.')
+flags.DEFINE_string('unit_workdir', None, 'train_unit workdir: its run.json and latest checkpoint.')
 flags.DEFINE_string('detector_config', os.path.join(_CONFIGS, 'ssd_quick.py'), 'Detector preset.')
-flags.DEFINE_string('detector_workdir', None, 'train_detector workdir: its config.json and latest checkpoint.')
+flags.DEFINE_string('detector_workdir', None, 'Detector run workdir: its run.json and latest checkpoint.')
 flags.DEFINE_string('sizes', None, 'Comma-separated HxW sizes (default: the UNIT training size and 720x1280).')
 flags.DEFINE_integer('repeats', 10, 'Timed runs per measurement (after one warm-up run).', lower_bound=1)
 flags.DEFINE_string('output', None, 'Write the results here as JSON.')
@@ -50,23 +50,6 @@ def _parse_sizes(text):
     return sizes
 
 
-def _workdir_state(workdir):
-    """(config dict, restored state tree) of a training workdir's latest checkpoint."""
-    from adapt.training import Checkpointer
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        common.usage_error(f'{workdir} has no config.json')
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
-    try:
-        restored = ckpt.restore()
-    finally:
-        ckpt.close()
-    if restored is None:
-        common.usage_error(f'no checkpoint in {workdir}/checkpoints')
-    with open(path) as f:
-        return json.load(f), restored[0]
-
-
 def _time(fn, *args, repeats):
     import jax
     import numpy as np
@@ -87,8 +70,6 @@ def _flops(fn, *args):
 
 def main(argv):
     del argv
-    from adapt.methods.translation import use_fast_cpu_convolutions
-    use_fast_cpu_convolutions()  # before JAX starts
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -98,21 +79,24 @@ def main(argv):
     from adapt.models.inference import make_predict_fn
     from adapt.models.unit import UNIT, UNITConfig, init_params
     from adapt.methods.translation import make_translate_fn
+    from adapt.runs import RunError, load_run
+
+    def run_of(workdir, kind):
+        try:
+            return load_run(workdir, kind)
+        except RunError as error:
+            common.usage_error(str(error))
 
     if FLAGS.unit_workdir:
-        unit_dict, unit_state = _workdir_state(FLAGS.unit_workdir)
-        cfg, gen_params = UNITConfig.from_mapping(unit_dict['model']), unit_state['params']['gen']
-        train_size = unit_dict['image_size']
+        unit_run = run_of(FLAGS.unit_workdir, 'unit')
+        (cfg, gen_params), train_size = unit_run.unit_generator(), unit_run.config.image_size
     else:
         unit_config = _load_config(FLAGS.unit_config)
         cfg, train_size = UNITConfig.from_mapping(unit_config.model), unit_config.image_size
         gen_params = None
     if FLAGS.detector_workdir:
-        det_dict, det_state = _workdir_state(FLAGS.detector_workdir)
-        det_config = ml_collections.ConfigDict(det_dict)
-        det_variables = {'params': det_state['params'], 'batch_stats': det_state.get('batch_stats', {})}
-        builder = common.check_dataset(det_config.dataset, det_dict.get('data_dir'))
-        num_classes = builder.info.features['objects']['label'].num_classes
+        det_run = run_of(FLAGS.detector_workdir, 'detector')
+        det_config, det_variables, num_classes = det_run.config, det_run.variables(), len(det_run.class_names)
     else:
         det_config, det_variables, num_classes = _load_config(FLAGS.detector_config), None, len(CLASS_NAMES)
     train_size = (train_size,) * 2 if isinstance(train_size, int) else tuple(train_size)
@@ -123,13 +107,13 @@ def main(argv):
         if gen_params is None:
             gen_params = init_params(cfg, jax.random.PRNGKey(0), (h, w))['gen']
         sized = ml_collections.ConfigDict({**det_config.to_dict(), 'image_size': (h, w)})
-        detector = build_detector(sized, num_classes, kind)
+        detector = build_detector(sized, num_classes)
         variables = det_variables or jax.device_get(detector.init(jax.random.PRNGKey(1)))
         predict = make_predict_fn(detector)
         translate = make_translate_fn(cfg, 'b', 'a')
         both = jax.jit(lambda g, v, x: predict(v, translate(g, x)))
         image = jnp.asarray(np.random.default_rng(0).random((1, h, w, 3), np.float32))
-        forward = jax.jit(lambda v, x: detector.eval_model.apply(v, x, train=False))
+        forward = jax.jit(lambda v, x: detector.apply(v, x)[0])
         gen_forward = jax.jit(lambda g, x: UNIT(cfg).apply({'params': g}, x * 2 - 1, 'b', 'a', method=UNIT.translate))
         row = {'size': f'{h}x{w}',
                'detect_ms': 1e3 * _time(predict, variables, image, repeats=FLAGS.repeats),
@@ -142,8 +126,8 @@ def main(argv):
         rows.append(row)
     count = lambda t: sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(t))  # noqa: E731
     header = (f'UNIT generator (encoder b + decoder a used online): dim {cfg.dim}, n_res {cfg.n_res}, '
-              f'{count(gen_params):,} parameters in all; detector: {kind} {det_config.model.backbone} '
-              f'x{det_config.model.width}; batch 1, {FLAGS.repeats} runs, median; {jax.devices()[0].platform}, '
+              f'{count(gen_params):,} parameters in all; detector: {kind} {det_config[kind].model.backbone} '
+              f'x{det_config[kind].model.width}; batch 1, {FLAGS.repeats} runs, median; {jax.devices()[0].platform}, '
               f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}')
     print(header)
     print('| size | detect (ms) | translate (ms) | translate + detect (ms) | x latency | detect GFLOPs | '

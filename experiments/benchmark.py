@@ -4,8 +4,9 @@
     python -m experiments.benchmark --config=experiments/configs/ssd_full.py --batch_size=64 --json_out=b.json
 
 Runs on random images with planted boxes (no dataset needed), with the training step that
-train_detector uses (data-parallel over all local devices, target assignment included) and the
-inference function that evaluation uses (forward + decoding + per-class NMS). FLOPs per image come from
+train_detector / adapt_detector use for the preset's method (`--method`; data-parallel over all local
+devices, target assignment included) and the inference function that evaluation uses, timed whole and
+in its two parts: the network's forward pass and the post-processing (decoding + per-class NMS). FLOPs per image come from
 XLA's cost analysis of the compiled programs (per device program x devices / global batch); the
 machine's peak is measured in the same run with a large float32 matmul, so "fraction of peak" compares
 like with like. Peak memory: device memory_stats() where the backend has them (GPU/TPU), else the
@@ -25,7 +26,8 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 FLAGS = flags.FLAGS
 common.define_config(os.path.join(_CONFIGS, 'ssd_quick.py'))
 flags.DEFINE_string('backbone', None, 'Backbone (default: the preset\'s).')
-flags.DEFINE_string('detector', None, 'ssd | retinanet (default: the preset\'s).')
+flags.DEFINE_string('detector', None, 'Detector family, e.g. ssd | retinanet (default: the preset\'s).')
+flags.DEFINE_string('method', None, 'Training method whose step is timed (default: the preset\'s).')
 flags.DEFINE_integer('batch_size', None, 'Global batch (default: the preset\'s).')
 flags.DEFINE_integer('image_size', None, 'Square image size (default: the preset\'s).')
 flags.DEFINE_integer('num_classes', 6, 'Object classes.')
@@ -85,19 +87,21 @@ def peak_memory():
 def run(config, num_classes, steps, warmup, matmul_size=0):
     """All the figures as a dict (see the module docstring)."""
     import jax
-    from adapt.models.detector import build_detector, make_train_step
+    from adapt.methods.step import make_step
+    from adapt.methods.trainer import init_state, setup
     from adapt.models.inference import make_predict_fn
-    from adapt.methods.supervised import init_state
     from adapt.training import data_parallel, make_mesh, replicate, shard_batch
 
     mesh = make_mesh()
     devices = mesh.size
-    detector = build_detector(config, num_classes, config.detector)
-    state = replicate(init_state(config, detector), mesh)
-    batch = shard_batch(random_batch(config.batch_size, config.image_size, config.max_boxes, num_classes), mesh)
-    params = sum(x.size for x in jax.tree.leaves(state.params))
+    s = setup(config, num_classes)
+    detector = s.detector
+    state = replicate(init_state(config, s), mesh)
+    one = lambda seed: random_batch(config.batch_size, config.image_size, config.max_boxes, num_classes, seed)  # noqa: E731
+    batch = shard_batch({'source': one(0), 'target': one(1)}, mesh)
+    params = sum(x.size for x in jax.tree.leaves(state.params['detector']))
 
-    step = data_parallel(make_train_step(detector), mesh)
+    step = data_parallel(make_step(detector, s.method, s.terms, config.num_steps, config.ema_decay), mesh)
     t0 = time.perf_counter()
     train_compiled = step.lower(state, batch).compile()
     train_compile = time.perf_counter() - t0
@@ -108,12 +112,18 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
         jax.block_until_ready(metrics)
     step_s = timed(train_once, steps, warmup)
 
+    images = batch['source']['image']
     predict = make_predict_fn(detector, mesh)
-    variables = {'params': holder[0].params, 'batch_stats': holder[0].batch_stats}
+    variables = {'params': holder[0].params['detector'], 'batch_stats': holder[0].batch_stats}
     t0 = time.perf_counter()
-    infer_compiled = predict.lower(variables, batch['image']).compile()
+    infer_compiled = predict.lower(variables, images).compile()
     infer_compile = time.perf_counter() - t0
-    infer_s = timed(lambda: jax.block_until_ready(infer_compiled(variables, batch['image'])), steps, warmup)
+    infer_s = timed(lambda: jax.block_until_ready(infer_compiled(variables, images)), steps, warmup)
+    forward = jax.jit(lambda v, x: detector.apply(v, x)[0]).lower(variables, images).compile()
+    outputs = forward(variables, images)
+    post = jax.jit(detector.postprocess).lower(outputs).compile()
+    forward_s = timed(lambda: jax.block_until_ready(forward(variables, images)), steps, warmup)
+    post_s = timed(lambda: jax.block_until_ready(post(outputs)), steps, warmup)
 
     b = config.batch_size
     train_flops = flops_of(train_compiled) * devices / b
@@ -121,13 +131,15 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
     peak = peak_matmul_flops(n)
     mem_kind, mem_mib = peak_memory()
+    model = config[config.detector].model
     return {
         'backend': jax.default_backend(), 'devices': devices, 'device_kind': jax.devices()[0].device_kind,
-        'backbone': config.model.backbone, 'width': config.model.width, 'detector': config.detector,
-        'image_size': config.image_size, 'batch_size': b, 'num_anchors': int(detector.anchors.shape[0]),
+        'backbone': model.backbone, 'width': model.width, 'detector': config.detector, 'method': config.method,
+        'image_size': config.image_size, 'batch_size': b, 'num_anchors': len(detector.anchors),
         'parameters': int(params),
         'train_compile_s': train_compile, 'train_step_ms': step_s * 1e3, 'train_images_per_s': b / step_s,
         'infer_compile_s': infer_compile, 'infer_images_per_s': b / infer_s, 'infer_ms_per_image': infer_s * 1e3 / b,
+        'forward_ms_per_image': forward_s * 1e3 / b, 'postprocess_ms_per_image': post_s * 1e3 / b,
         'train_gflops_per_image': train_flops / 1e9, 'infer_gflops_per_image': infer_flops / 1e9,
         'train_gflops_per_s': train_flops * b / step_s / 1e9, 'infer_gflops_per_s': infer_flops * b / infer_s / 1e9,
         'matmul_size': n, 'peak_gflops_per_s': peak / 1e9,
@@ -141,11 +153,14 @@ def table(r):
     rows = [
         ('device', f"{r['backend']} x{r['devices']} ({r['device_kind']})"),
         ('model', f"{r['detector']} / {r['backbone']} x{r['width']}, {r['image_size']} px, {r['num_anchors']} anchors"),
+        ('method', r['method']),
         ('parameters', f"{r['parameters']:,}"),
         ('batch', f"{r['batch_size']}"),
         ('train step', f"{r['train_images_per_s']:.1f} images/s ({r['train_step_ms']:.1f} ms/step)"),
         ('train compile', f"{r['train_compile_s']:.2f} s"),
         ('inference', f"{r['infer_images_per_s']:.1f} images/s, {r['infer_ms_per_image']:.2f} ms/image (incl. NMS)"),
+        ('  forward pass', f"{r['forward_ms_per_image']:.2f} ms/image"),
+        ('  post-processing', f"{r['postprocess_ms_per_image']:.2f} ms/image (decoding + per-class NMS)"),
         ('inference compile', f"{r['infer_compile_s']:.2f} s"),
         ('FLOPs / image', f"train {r['train_gflops_per_image']:.3f} GFLOP, "
                           f"inference {r['infer_gflops_per_image']:.3f} GFLOP"),
@@ -164,12 +179,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
     with config.unlocked():
-        for flag, key in (('detector', 'detector'), ('batch_size', 'batch_size'), ('image_size', 'image_size')):
-            if getattr(FLAGS, flag) is not None:
-                config[key] = getattr(FLAGS, flag)
-        if FLAGS.backbone is not None:
-            config.model.backbone = FLAGS.backbone
-    common.check_detector_choices(config)
+        for key in ('detector', 'method', 'batch_size', 'image_size'):
+            if getattr(FLAGS, key) is not None:
+                config[key] = getattr(FLAGS, key)
+    common.check_detector_family(config)
+    if FLAGS.backbone is not None:
+        config[config.detector].model.backbone = FLAGS.backbone
+    common.check_backbone(config)
+    common.check_method(config)
     result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
     print(table(result))
     if FLAGS.json_out:

@@ -78,12 +78,27 @@ def check_choice(what, value, choices):
     return value
 
 
-def check_detector_choices(config):
-    """Usage error unless the config names a known detector and backbone."""
-    from adapt.models.backbones import BACKBONES
+def check_detector_family(config):
+    """Usage error unless the config names a registered detector family with a settings block."""
+    import adapt.models.ssd  # noqa: F401  (registers the built-in families)
     from adapt.models.detector import DETECTORS
-    check_choice('detector', config.detector, DETECTORS)
-    check_choice('backbone', config.model.backbone, BACKBONES)
+    check_choice('detector', config.detector, [n for n in DETECTORS.names() if n in config])
+
+
+def check_backbone(config):
+    """Usage error unless the chosen family's backbone is known."""
+    from adapt.models.backbones import BACKBONES
+    check_choice('backbone', config[config.detector].model.backbone, BACKBONES)
+
+
+def check_method(config):
+    """Usage error unless the method and its adaptation-loss list resolve (names, NAME:WEIGHT syntax)."""
+    from adapt.methods.base import get_method, resolve_terms
+    from adapt.registry import RegistryError
+    try:
+        resolve_terms(get_method(config.method), config.adaptation_losses, config.adaptation_hparams.to_dict())
+    except RegistryError as error:
+        usage_error(str(error))
 
 
 def check_dataset(name, data_dir=None):

@@ -6,7 +6,7 @@
 
 Domain a is the source (day), b the target (night); defaults: daynight_synth train_day <-> train_night.
 Images of other sizes are resized to --config.image_size (with --noresize they are rejected instead).
-The same command resumes from the workdir's latest checkpoint. Writes config.json, checkpoints/,
+The same command resumes from the workdir's latest checkpoint. Writes run.json, checkpoints/,
 metrics.jsonl (+ TensorBoard events), images/ (grids: input | reconstruction | translation | cycle) and,
 with an evaluation dataset, translation_metrics.json (PSNR / SSIM of night -> day translations against
 the true day renders beside the raw night images, Frechet distance on our backbone's features), also
@@ -95,21 +95,17 @@ def resolve_config():
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-    from adapt.methods.translation import use_fast_cpu_convolutions
-    use_fast_cpu_convolutions()  # before JAX starts (resolve_config counts the devices)
     config, builder_a, builder_b, eval_builder = resolve_config()
     from adapt.evaluation.translation_eval import InceptionFeatures, format_table  # heavy imports: flags are fine
     from adapt.methods import translation
     from adapt.models.frozen_features import from_detector_workdir, random_features
     from adapt.training import to_host
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    with open(os.path.join(FLAGS.workdir, 'config.json'), 'w') as f:
-        json.dump({**config.to_dict(), 'data_dir': FLAGS.data_dir}, f, indent=1)
     features = None
     if config.loss.weights.get('feature', 0.0) > 0:
         features = from_detector_workdir(config.loss.feature_backbone, config.loss.feature_levels)
     try:
-        state = translation.train(config, builder_a, builder_b, FLAGS.workdir, features=features)
+        state = translation.train(config, builder_a, builder_b, FLAGS.workdir, features=features,
+                                  data_dir=FLAGS.data_dir)
     except FloatingPointError as err:  # adapt.training.NonFiniteError
         print(f'error: {err}', file=sys.stderr)
         sys.exit(1)

@@ -5,7 +5,7 @@
         --split=test_night --output_dir=out/ --direction=night2day --limit=100
     python -m experiments.translate ... --split=paired --image_key=image_night     # the paired night renders
 
---workdir is a train_unit workdir (config.json + checkpoints/). Domain a of the training run is day,
+--workdir is a train_unit workdir (run.json + checkpoints/). Domain a of the training run is day,
 b is night, so night2day runs b -> a. Images keep their size (--image_size=0, padded internally to a
 multiple of the model's stride) or are resized to a square --image_size first. Folder inputs keep their
 file names (as .png); split inputs are written as <split>_<index>.png. A bad flag value gives one line
@@ -21,7 +21,7 @@ from experiments import common
 DIRECTIONS = {'night2day': ('b', 'a'), 'day2night': ('a', 'b')}
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'train_unit workdir with config.json and checkpoints/.', required=True)
+flags.DEFINE_string('workdir', None, 'train_unit workdir with run.json and checkpoints/.', required=True)
 flags.DEFINE_string('output_dir', None, 'Where the translated PNG files go.', required=True)
 flags.DEFINE_enum('direction', 'night2day', list(DIRECTIONS), 'night2day: domain b -> a; day2night: a -> b.')
 flags.DEFINE_string('input_dir', None, 'A folder of images to translate.')
@@ -37,27 +37,13 @@ flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', low
 
 def load_generator(workdir, step=None):
     """(UNITConfig, generator params, step) from a train_unit workdir; usage error if it is not one."""
-    from adapt.models.unit import UNITConfig
-    from adapt.training import Checkpointer
-    config_path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(config_path):
-        common.usage_error(f'{workdir} has no config.json: not a train_unit workdir')
-    with open(config_path) as f:
-        cfg = UNITConfig.from_mapping(json.load(f)['model'])
-    directory = os.path.join(workdir, 'checkpoints')
-    steps = []
-    if os.path.isdir(directory):
-        ckpt = Checkpointer(directory)
-        try:
-            steps = ckpt.all_steps()
-            step = max(steps, default=None) if step is None else step
-            restored = ckpt.restore(step=step) if step in steps else None
-        finally:
-            ckpt.close()
-    if not steps or step not in steps:
-        common.usage_error(f'no checkpoint {"" if step is None else f"at step {step} "}in {directory}'
-                           f'{f" (have {sorted(steps)})" if steps else ""}')
-    return cfg, restored[0]['params']['gen'], step
+    from adapt.runs import RunError, load_run
+    try:
+        run = load_run(workdir, 'unit', step)
+    except RunError as error:
+        common.usage_error(str(error))
+    cfg, gen_params = run.unit_generator()
+    return cfg, gen_params, run.step
 
 
 def folder_images(input_dir, limit):
@@ -104,8 +90,6 @@ def main(argv):
         common.usage_error('--dataset needs --split')
     if FLAGS.input_dir is not None and not os.path.isdir(FLAGS.input_dir):
         common.usage_error(f'--input_dir {FLAGS.input_dir} is not a directory')
-    from adapt.methods.translation import use_fast_cpu_convolutions
-    use_fast_cpu_convolutions()  # before JAX starts
     builder = None
     if FLAGS.dataset is not None:
         builder = common.check_dataset(FLAGS.dataset, FLAGS.data_dir)

@@ -14,7 +14,6 @@ experiments/configs/unit_*.py preset.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -25,44 +24,22 @@ from jax import lax
 
 from adapt.datasets.augment import NO_AUGMENT
 from adapt.datasets.pipeline import DetectionPipeline
+from adapt.datasets.two_domain import ZipIterator
 from adapt.losses.gan import DEFAULT_WEIGHTS, unit_discriminator_loss, unit_generator_loss
 from adapt.models.unit import UNIT, Discriminators, UNITConfig, from_model, init_params, to_model
-from adapt.training import LoopConfig, MultiTrainState, make_optimizer, mean_value_and_grad, train_loop
+from adapt.runs import write_run
+from adapt.training import MultiTrainState, mean_value_and_grad, train_loop
+from adapt.training.config import image_size, loop_config, optimizer
 from adapt.training.metrics_log import make_grid
 from adapt.training.parallel import AXIS, example_keys, to_host
-
-
-YNN_OFF = '--xla_cpu_experimental_ynn_fusion_type='
-
-
-def use_fast_cpu_convolutions(environ=os.environ) -> None:
-    """Turn off XLA:CPU's YNNPACK fusions for this process (call before JAX starts its backends).
-
-    Measured here (jax 0.10.2, 2 cores): through YNNPACK a 5x5 conv 32->16 channels on a batch of 8
-    64x64 images runs at ~26 GFLOP/s (~150 on a single image); with the fusions off XLA's own conv runs
-    the batch at ~135 GFLOP/s, and the whole UNIT step is ~2.5x faster. Ignored by GPU/TPU backends.
-    """
-    flags = environ.get('XLA_FLAGS', '')
-    if YNN_OFF not in flags:
-        environ['XLA_FLAGS'] = f'{flags} {YNN_OFF}'.strip()
 
 
 def model_config(config) -> UNITConfig:
     return UNITConfig.from_mapping(config.model)
 
 
-def image_size(config) -> tuple:
-    size = config.image_size
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
 def loss_weights(config) -> dict:
     return {**DEFAULT_WEIGHTS, **dict(config.loss.weights)}
-
-
-def optimizer(config):
-    """Adam(lr, b1, b2) with L2 weight decay on every parameter (torch.optim.Adam's) and the step schedule."""
-    return make_optimizer({**config.optimizer.to_dict(), 'learning_rate': config.lr})
 
 
 def init_state(config) -> MultiTrainState:
@@ -205,33 +182,6 @@ def make_grid_fn(cfg: UNITConfig):
 
 
 # ------------------------------------------------------------------------------------------- data
-class TwoDomainIterator:
-    """Zips two image pipelines into {'a': images, 'b': images} batches; position = both positions."""
-
-    def __init__(self, a, b):
-        self.a, self.b = a, b
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return {'a': next(self.a)['image'], 'b': next(self.b)['image']}
-
-    def state(self):
-        return {'a': self.a.state(), 'b': self.b.state()}
-
-    def restore(self, state):
-        self.a.restore(state['a'])
-        self.b.restore(state['b'])
-
-    def close(self):
-        """Drop the live tf.data iterators now (restoring the current position does that). Left to the
-        garbage collector they may be destroyed at interpreter exit, where their destructor was seen to
-        hang after a finished run."""
-        for pipeline in (self.a, self.b):
-            pipeline.restore(pipeline.state())
-
-
 def image_source(builder, split):
     """The images of a TFDS split with an empty object list: what DetectionPipeline reads, for any TFDS
     image set (boxes, if the dataset has them, are not needed here)."""
@@ -247,10 +197,11 @@ def image_pipeline(builder, split, config, batch_size, train, seed=0, **kwargs):
                              augment=augment, shuffle_buffer=config.shuffle_buffer, **kwargs)
 
 
-def make_data_iterator(config, builder_a, builder_b) -> TwoDomainIterator:
-    return TwoDomainIterator(image_pipeline(builder_a, config.split_a, config, config.batch_size, True, config.seed),
-                             image_pipeline(builder_b, config.split_b, config, config.batch_size, True,
-                                            config.seed + 1))
+def make_data_iterator(config, builder_a, builder_b) -> ZipIterator:
+    """{'a': images, 'b': images} batches."""
+    return ZipIterator({'a': image_pipeline(builder_a, config.split_a, config, config.batch_size, True, config.seed),
+                        'b': image_pipeline(builder_b, config.split_b, config, config.batch_size, True,
+                                            config.seed + 1)}, fields={'a': 'image', 'b': 'image'})
 
 
 def grid_samples(config, builder_a, builder_b):
@@ -265,20 +216,17 @@ def grid_samples(config, builder_a, builder_b):
 
 
 # ------------------------------------------------------------------------------------------ train
-def loop_config(config) -> LoopConfig:
-    return LoopConfig(log_every=config.log_every, checkpoint_every=config.checkpoint_every, keep=config.keep,
-                      image_every=config.image_every, tensorboard=config.tensorboard)
-
-
 def train(config, builder_a, builder_b, workdir, *, features=None, mesh=None, data_iterator=None,
-          print_fn=print):
-    """Train (or resume) UNIT in `workdir`; returns the final replicated state. Raises NonFiniteError."""
+          print_fn=None, data_dir=None):
+    """Train (or resume) UNIT in `workdir` (run.json written first); returns the final replicated state.
+    Raises NonFiniteError."""
+    write_run(workdir, 'unit', config, data_dir=data_dir)
     cfg = model_config(config)
     step = make_train_step(cfg, loss_weights(config), config.loss.gan_kind, features, config.loss.feature_kind)
     grids = make_grid_fn(cfg)
     samples = grid_samples(config, builder_a, builder_b) if config.image_every else None
     image_fn = (lambda state, _: grids(to_host(state.params['gen']), *samples)) if samples is not None else None
-    loop = dataclasses.replace(loop_config(config), print_fn=print_fn)
+    loop = loop_config(config, print_fn)
     data = data_iterator or make_data_iterator(config, builder_a, builder_b)
     try:
         return train_loop(init_state(config), step, data, config.num_steps, workdir, loop, mesh=mesh,

@@ -3,16 +3,14 @@
 `FrozenFeatures(images01) -> {level: [B, h, w, c]}` runs a backbone of `adapt.models.backbones` in inference
 mode (BatchNorm running statistics) on images in [0, 1], with its variables held constant (no gradient
 reaches them; gradients do flow to the images). Two sources of weights:
-  `from_detector_workdir(workdir)`: the backbone of a detector trained by experiments/train_detector.py
-      (its config.json names the backbone; the latest checkpoint holds params['features']['backbone']);
+  `from_detector_workdir(workdir)`: the backbone of any finished detector run (through the detector
+      interface: the run's family knows where its backbone lives);
   `random_features(name, ...)`: a seeded random initialisation (deterministic, for tests and as a last
       resort; such features are far weaker than trained ones).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Sequence
 
 import jax
@@ -50,26 +48,10 @@ def random_features(name: str = 'resnet18', width: float = 0.25, levels: Sequenc
 
 def from_detector_workdir(workdir: str, levels: Sequence[str] = ('C3', 'C4'),
                           step: int | None = None) -> FrozenFeatures:
-    """The backbone of the detector trained in `workdir` (config.json + checkpoints/, latest step)."""
-    from adapt.training.checkpoint import Checkpointer  # orbax: only when a checkpoint is read
-    config_path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f'{workdir} has no config.json: not a train_detector workdir')
-    with open(config_path) as f:
-        model_cfg = json.load(f)['model']
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
-    try:
-        restored = ckpt.restore(step=step)
-        used_step = ckpt.latest_step() if step is None else step
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
-    state, _ = restored
-    params = state['params']['features']['backbone']
-    stats = state.get('batch_stats', {}).get('features', {}).get('backbone', {})
-    module = get_backbone(model_cfg['backbone'], width=model_cfg.get('width', 1.0),
-                          **dict(model_cfg.get('backbone_kwargs') or {}))
-    return FrozenFeatures(model_cfg['backbone'], module,
-                          {'params': jax.tree.map(np.asarray, params), 'batch_stats': jax.tree.map(np.asarray, stats)},
-                          tuple(levels), f'detector {workdir} step {used_step}')
+    """The backbone of the detector run in `workdir` (run.json + checkpoints/, latest step)."""
+    from adapt.runs import load_run
+    run = load_run(workdir, 'detector', step)
+    name, module, variables = run.detector().backbone(run.variables())
+    variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+    return FrozenFeatures(name, module, jax.tree.map(np.asarray, variables), tuple(levels),
+                          f'detector {workdir} step {run.step}')

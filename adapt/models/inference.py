@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 
 from adapt.datasets.pipeline import boxes_to_original
 from adapt.evaluation import detections_to_results, evaluate_coco, evaluate_voc, ground_truth_from_arrays
-from adapt.models.ssd import postprocess
 from adapt.training.parallel import AXIS, shard_batch
 
 
@@ -25,8 +24,8 @@ def make_predict_fn(detector, mesh=None):
     variables replicated).
     """
     def predict(variables, images):
-        outputs = detector.eval_model.apply(variables, images, train=False)
-        return postprocess(outputs, detector.anchors, head=detector.head, **detector.postprocess)
+        outputs, _, _ = detector.apply(variables, images, train=False)
+        return detector.postprocess(outputs)
     if mesh is not None:
         # check_vma=False: adapt.nms's while_loop starts from device-invariant zeros (no gradients here).
         predict = jax.shard_map(predict, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)

@@ -1,24 +1,38 @@
 """SSD (Liu et al. 2016): conv heads on backbone levels plus extra stride-2 layers, one default-box set.
 
 The model is pure: `SSD(...).apply(variables, images01, train)` returns raw head outputs
-`{'cls_logits': [B, A, C'], 'box_codes': [B, A, 4]}`, with A anchors in the order of
+`{'cls_logits': [B, A, C'], 'box_codes': [B, A, 4]}` and named features, with A anchors in the order of
 `adapt.anchors.ssd_default_boxes` (levels in order, location-major, box types per location) and
 `model.anchors(image_size)` giving those anchors. C' is num_classes + 1 with background at column 0 for
 the softmax head (SSD), num_classes for the sigmoid head (the RetinaNet-style focal variant).
-`postprocess` turns outputs into fixed-size detections (decode, per-class NMS).
+
+`SSDDetector` is the family behind the `adapt.models.detector` interface, registered twice:
+  ssd:       softmax head with a background column, cross-entropy with 3:1 hard-negative mining,
+             matcher IoU 0.5 (every ground truth also keeps its best anchor);
+  retinanet: sigmoid head (bias at prior 0.01), focal loss (alpha 0.25, gamma 2) on all anchors but an
+             ignore band of IoU 0.4-0.5 (RetinaNet's matcher), normalised by the positives.
+Instance features (for instance-level alignment) are a learned 1x1 projection of each level to
+`instance_dim` channels, read at the `instance_top_k` anchors of highest foreground score.
 """
+import dataclasses
+
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from adapt.anchors import ssd_default_boxes
 from adapt.boxes import clip_boxes, decode_boxes
+from adapt.losses.detection import ssd_loss
+from adapt.matching import assign_targets
 from adapt.models.backbones import BACKBONES, preprocess
+from adapt.models.detector import DETECTORS, Detector
 from adapt.models.layers import conv_init
 from adapt.nms import multiclass_non_max_suppression
+from adapt.training.config import image_size as config_image_size
 
 HEADS = ('softmax', 'sigmoid')
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # the box coder's scale factors (torchvision SSD / Faster R-CNN)
@@ -76,6 +90,7 @@ class SSD(nn.Module):
       aspect_ratios, min_scale, max_scale: the default boxes (see `ssd_default_boxes`).
       head: 'softmax' (SSD, background column 0) or 'sigmoid' (focal loss; biases start at prior_prob).
       head_convs: 3x3 conv + ReLU layers before each level's predictors (0 = SSD's single conv).
+      instance_dim: channels of the per-anchor instance features (a 1x1 projection of each level).
       frozen_bn, axis_name ('data' in the data-parallel train step), dtype: as the backbones.
     """
     num_classes: int
@@ -89,10 +104,16 @@ class SSD(nn.Module):
     head: str = 'softmax'
     head_convs: int = 0
     prior_prob: float = 0.01
+    instance_dim: int = 64
     frozen_bn: bool = False
     axis_name: Optional[str] = None
     dtype: Any = jnp.float32
     backbone_kwargs: Any = None
+
+    @property
+    def level_names(self):
+        """Names of the feature maps that get heads: the backbone levels, then 'extra0', 'extra1', ..."""
+        return tuple(self.levels) + tuple(f'extra{i}' for i in range(len(self.extra_channels)))
 
     @property
     def num_outputs(self):
@@ -119,14 +140,17 @@ class SSD(nn.Module):
 
     @nn.compact
     def __call__(self, images, train=False):
+        """-> (outputs {'cls_logits', 'box_codes'}, features {level name: map, 'anchor_features': [B, A, D]})."""
         if self.head not in HEADS:
             raise ValueError(f'head {self.head!r}; valid choices: {", ".join(HEADS)}')
         maps = self.feature_module(name='features')(images, train)
         ratios = level_ratios(self.aspect_ratios, len(maps))
         bias = -np.log((1 - self.prior_prob) / self.prior_prob) if self.head == 'sigmoid' else 0.0
-        cls_out, box_out = [], []
+        cls_out, box_out, inst_out = [], [], []
         for k, (x, r) in enumerate(zip(maps, ratios)):
             boxes_here = 2 + 2 * len(r)
+            inst = nn.Conv(self.instance_dim, (1, 1), dtype=self.dtype, name=f'instance{k}')(x)
+            inst_out.append(jnp.repeat(inst.reshape(inst.shape[0], -1, self.instance_dim), boxes_here, axis=1))
             for j in range(self.head_convs):
                 x = nn.relu(nn.Conv(x.shape[-1], (3, 3), kernel_init=conv_init, dtype=self.dtype,
                                     name=f'head{k}_conv{j}')(x))
@@ -136,8 +160,11 @@ class SSD(nn.Module):
                         kernel_init=nn.initializers.normal(0.01))(x)
             cls_out.append(c.reshape(c.shape[0], -1, self.num_outputs))
             box_out.append(b.reshape(b.shape[0], -1, 4))
-        return {'cls_logits': jnp.concatenate(cls_out, 1).astype(jnp.float32),
-                'box_codes': jnp.concatenate(box_out, 1).astype(jnp.float32)}
+        outputs = {'cls_logits': jnp.concatenate(cls_out, 1).astype(jnp.float32),
+                   'box_codes': jnp.concatenate(box_out, 1).astype(jnp.float32)}
+        features = {name: m.astype(jnp.float32) for name, m in zip(self.level_names, maps)}
+        features['anchor_features'] = jnp.concatenate(inst_out, 1).astype(jnp.float32)
+        return outputs, features
 
 
 def class_scores(cls_logits, head):
@@ -157,3 +184,129 @@ def postprocess(outputs, anchors, head='softmax', score_threshold=0.01, iou_thre
     nms = lambda b, s: multiclass_non_max_suppression(  # noqa: E731
         b, s, iou_threshold, max_detections, score_threshold, pre_nms_top_k=pre_nms_top_k)
     return jax.vmap(nms)(boxes, scores)
+
+
+# ------------------------------------------------------------------------------------- the family
+VARIANTS = {
+    'ssd': dict(head='softmax', classification='softmax', matched_threshold=0.5, unmatched_threshold=0.5),
+    'retinanet': dict(head='sigmoid', classification='focal', matched_threshold=0.5, unmatched_threshold=0.4),
+}
+
+
+def model_fields(block):
+    """SSD constructor fields from a config block's `model` settings (tuples where flax wants them)."""
+    fields = dict(block)
+    fields['dtype'] = jnp.dtype(fields.get('dtype', 'float32'))
+    for key in ('levels', 'extra_channels'):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    if fields.get('aspect_ratios') is not None:
+        fields['aspect_ratios'] = tuple(tuple(r) if isinstance(r, (list, tuple)) else r
+                                        for r in fields['aspect_ratios'])
+    fields.pop('instance_top_k', None)
+    return fields
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SSDDetector(Detector):
+    """SSD / RetinaNet behind the detector interface: `model` has BatchNorm over `axis_name` (the train
+    step), `eval_model` none; `anchors` [A, 4] for `image_size`."""
+    name: str
+    num_classes: int
+    image_size: tuple
+    model: SSD
+    eval_model: SSD
+    anchors: np.ndarray
+    matcher: dict
+    loss_settings: dict
+    postprocess_settings: dict
+    instance_top_k: int = 64
+
+    @property
+    def score_kind(self):
+        return self.model.head
+
+    @property
+    def feature_levels(self):
+        return self.model.level_names
+
+    @property
+    def alignment_level(self):
+        """The deepest backbone level (DA-Faster aligns the backbone output)."""
+        return self.model.levels[-1]
+
+    def init(self, key):
+        """Variables {'params', 'batch_stats'} (one jit-ed program: initialising layer by layer costs a
+        compilation per initializer call)."""
+        return jax.jit(self.eval_model.init)(key, jnp.zeros((1, *self.image_size, 3), jnp.float32))
+
+    def apply(self, variables, images, train=False):
+        if train:
+            (outputs, maps), new = self.model.apply(variables, images, train=True, mutable=['batch_stats'])
+            stats = jax.tree.map(lambda x: x.astype(jnp.float32), new['batch_stats'])
+        else:
+            outputs, maps = self.eval_model.apply(variables, images, train=False)
+            stats = variables.get('batch_stats', {})
+        return outputs, self._with_instances(outputs, maps), stats
+
+    def _with_instances(self, outputs, maps):
+        """The anchor features at the `instance_top_k` anchors of highest foreground score (the choice
+        carries no gradient; the features and logits there do)."""
+        maps = dict(maps)
+        anchor_features = maps.pop('anchor_features')
+        logits = outputs['cls_logits']
+        score = jnp.max(class_scores(lax.stop_gradient(logits), self.score_kind), axis=-1)  # [B, A]
+        _, top = lax.top_k(score, min(self.instance_top_k, score.shape[1]))
+        take = lambda x: jnp.take_along_axis(x, top[..., None], axis=1)  # noqa: E731
+        return {**maps, 'instances': take(anchor_features), 'instance_logits': take(logits),
+                'instance_mask': jnp.ones(top.shape, bool)}
+
+    def targets(self, batch):
+        """assign_targets over a batch {'boxes' [B, M, 4], 'labels', 'mask'} -> dict of [B, A, ...]."""
+        anchors = jnp.asarray(self.anchors)
+        assign = lambda b, l, m: assign_targets(anchors, b, l, m, weights=BOX_WEIGHTS, **self.matcher)  # noqa: E731
+        return jax.vmap(assign)(batch['boxes'], batch['labels'], batch['mask'])
+
+    def loss(self, outputs, batch, axis_name=None):
+        """Multibox (or focal) loss normalised by the positives of the global batch."""
+        targets = self.targets(batch)
+        positives = jnp.sum(targets['positive']).astype(jnp.float32)
+        normalizer = lax.pmean(positives, axis_name) if axis_name else positives
+        return ssd_loss(outputs, targets, normalizer=normalizer, **self.loss_settings)
+
+    def postprocess(self, outputs):
+        return postprocess(outputs, self.anchors, head=self.score_kind, **self.postprocess_settings)
+
+    def backbone(self, variables):
+        from adapt.models.backbones import get_backbone
+        m = self.model
+        module = get_backbone(m.backbone, width=m.width, **dict(m.backbone_kwargs or {}))
+        sub = {c: variables[c]['features']['backbone'] for c in ('params', 'batch_stats') if c in variables}
+        return m.backbone, module, sub
+
+    def with_backbone(self, variables, collection, tree):
+        target = variables[collection]['features']['backbone']
+        if jax.tree.structure(target) != jax.tree.structure(tree) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(tree))):
+            raise ValueError(f'backbone {collection} do not match {self.model.backbone} at width {self.model.width}')
+        features = {**variables[collection]['features'], 'backbone': tree}
+        return {**variables, collection: {**variables[collection], 'features': features}}
+
+
+def build(variant, config, num_classes, axis_name='data'):
+    """The `variant` ('ssd' | 'retinanet') from `config[variant]`: blocks `model` (SSD fields, plus
+    `instance_top_k`), `matcher` (assign_targets arguments; None thresholds take the variant's),
+    `loss` (ssd_loss hparams) and `postprocess` (see `postprocess`)."""
+    defaults, block = VARIANTS[variant], config[variant]
+    size = config_image_size(config)
+    model = SSD(num_classes=num_classes, head=defaults['head'], axis_name=axis_name, **model_fields(block.model))
+    matcher = {'matched_threshold': defaults['matched_threshold'],
+               'unmatched_threshold': defaults['unmatched_threshold'],
+               **{k: v for k, v in dict(block.matcher).items() if v is not None}}
+    return SSDDetector(variant, num_classes, size, model, model.clone(axis_name=None), model.anchors(size),
+                       matcher, dict(classification=defaults['classification'], **dict(block.loss)),
+                       dict(block.postprocess), int(block.model.get('instance_top_k', 64)))
+
+
+for _variant in VARIANTS:
+    DETECTORS.register(_variant)(lambda config, num_classes, _v=_variant: build(_v, config, num_classes))

@@ -32,20 +32,22 @@ def _update(tx: optax.GradientTransformation, grads, opt_state, params):
 
 @struct.dataclass
 class TrainState:
-    """params + BatchNorm statistics + one optax optimizer."""
+    """params + BatchNorm statistics + one optax optimizer + `aux`: state that is checkpointed with the
+    rest but not optimised (an EMA of the weights, a teacher, a frozen model)."""
     step: jax.Array
     rng: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    aux: Any = struct.field(default_factory=dict)
 
     @classmethod
-    def create(cls, params, tx: optax.GradientTransformation, rng, batch_stats=None) -> "TrainState":
+    def create(cls, params, tx: optax.GradientTransformation, rng, batch_stats=None, aux=None) -> "TrainState":
         """`rng`: int seed or raw key. `batch_stats`: the model's 'batch_stats' collection ({} if none)."""
         return cls(step=jnp.zeros((), jnp.int32), rng=as_key(rng), params=params,
                    batch_stats={} if batch_stats is None else batch_stats,
-                   opt_state=tx.init(params), tx=tx)
+                   opt_state=tx.init(params), tx=tx, aux={} if aux is None else aux)
 
     def apply_gradients(self, grads, batch_stats=None) -> "TrainState":
         """One optimizer update; optionally also store the new BatchNorm statistics."""

@@ -1,0 +1,115 @@
+"""A method = weighted loss terms over a step context, plus optional hooks; methods are looked up by name.
+
+`Method` fields:
+  supervised: the domains whose labels train the detector ('source'; 'target' for the oracle). A method
+    that lists 'target' uses target labels; for every other method the target batch reaches the step
+    without them (see adapt.datasets.two_domain).
+  losses: its default adaptation losses as 'name:weight,...' (`config.adaptation_losses` replaces them).
+  init_aux(variables) -> aux: state that is checkpointed but not optimised (a frozen model, a teacher).
+  after_update(state) -> state: runs after every optimizer update (e.g. a teacher's EMA).
+  transform_batch(batch, key) -> batch: runs first in every step (e.g. strong augmentation of a view).
+  teacher(state) -> variables: a model whose outputs (no gradient) the context carries as
+    `ctx.teacher_outputs[domain]` and `ctx.teacher_features[domain]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from adapt.losses.adaptation import AdaptationLoss, get_loss
+from adapt.registry import Registry, RegistryError, parse_weighted
+
+METHODS = Registry('method')
+DOMAINS = ('source', 'target')
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    supervised: tuple = ('source',)
+    losses: str = ''
+    init_aux: Callable | None = None
+    after_update: Callable | None = None
+    transform_batch: Callable | None = None
+    teacher: Callable | None = None
+
+    @property
+    def uses_target_labels(self) -> bool:
+        return 'target' in self.supervised
+
+
+def register_method(method: Method) -> Method:
+    return METHODS.register(method.name)(method)
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What a loss term sees in one step (on this device's shard; see `global_mean` for batch statistics).
+
+    source / target: the batches ({'image', and 'boxes', 'labels', 'mask' where labels are allowed});
+    <domain>_outputs / <domain>_features: the trained detector's pass (None where no active term needs
+    it); progress: training progress in [0, 1] (before this update); key: this step's PRNG key;
+    teacher_outputs / teacher_features: {domain: ...} when the method has a teacher; aux: the aux state.
+    """
+    detector: Any
+    source: dict | None = None
+    target: dict | None = None
+    source_outputs: Any = None
+    source_features: Any = None
+    target_outputs: Any = None
+    target_features: Any = None
+    progress: Any = 0.0
+    key: Any = None
+    teacher_outputs: dict = dataclasses.field(default_factory=dict)
+    teacher_features: dict = dataclasses.field(default_factory=dict)
+    aux: Any = None
+    axis_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One weighted loss term: `value(ctx, params) -> (scalar, metrics)`, reading `domains`."""
+    name: str
+    weight: float
+    loss: AdaptationLoss
+    hparams: dict
+
+    @property
+    def domains(self):
+        return self.loss.domains
+
+    @property
+    def has_params(self):
+        return self.loss.init is not None
+
+    def value(self, ctx, params=None):
+        if self.has_params:
+            return self.loss.fn(ctx, params, **self.hparams)
+        return self.loss.fn(ctx, **self.hparams)
+
+
+def _detection(domain):
+    def detection_loss(ctx):
+        outputs = getattr(ctx, f'{domain}_outputs')
+        return ctx.detector.loss(outputs, getattr(ctx, domain), ctx.axis_name)
+    return AdaptationLoss(detection_loss, domains=(domain,))
+
+
+def resolve_terms(method: Method, adaptation_losses: str = '', hparams=None) -> list[Term]:
+    """The method's terms: a detection loss (weight 1) per supervised domain, then the adaptation losses
+    ('name:weight,...'; empty: the method's defaults) with their hyper-parameters from `hparams[name]`.
+    Raises RegistryError (one line) for a malformed list or an unknown loss."""
+    hparams = dict(hparams or {})
+    terms = [Term(f'detection_{d}', 1.0, _detection(d), {}) for d in method.supervised]
+    for name, weight in parse_weighted(adaptation_losses or method.losses, 'adaptation loss'):
+        terms.append(Term(name, weight, get_loss(name), dict(hparams.get(name, {}))))
+    return terms
+
+
+def get_method(name: str) -> Method:
+    import adapt.methods.builtin  # noqa: F401  (registers the built-in methods)
+    method = METHODS.get(name)
+    if not isinstance(method, Method):
+        raise RegistryError(f'method {name!r} is not an adapt.methods.Method')
+    return method

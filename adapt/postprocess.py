@@ -1,0 +1,156 @@
+"""Batched detection post-processing: per-class top-k, decode, exact per-class greedy NMS, merge.
+
+`decode_and_nms` gives bit for bit what the plain path gives (decode and clip every anchor's box, then
+`adapt.nms.multiclass_non_max_suppression` on each image with ``pre_nms_top_k``), but does less work:
+
+1. Per image and class, the ``pre_nms_top_k`` best anchors above the score threshold (`lax.top_k`, which
+   like the plain path's stable sort puts the lower anchor index first among equal scores) -- no sort of
+   all anchors.
+2. The boxes are decoded with the same `decode_boxes` + `clip_boxes` call as the plain path (so XLA
+   compiles the same arithmetic) and only the candidates' boxes are gathered.
+3. Greedy NMS on each class's sorted candidates, all images and classes at once, in blocks of
+   `NMS_BLOCK` candidates: a block's candidates are first suppressed by the boxes kept in earlier blocks,
+   then the block is solved by a fixed-point iteration ``keep = alive & ~any(keep[i] & iou[i, j] > t,
+   i < j)``; its fixed point is unique (it is fixed position by position) and equals the greedy walk's
+   set, and a block of b candidates reaches it in at most b + 1 rounds (usually 2-4). IoUs are computed
+   by `adapt.boxes.pairwise_iou` with the earlier box as first operand, as in `adapt.nms`, so every
+   ``iou > iou_threshold`` decision is the plain path's. The threshold is honoured everywhere.
+4. The first ``max_per_class`` kept boxes of each class, merged over classes by score (ties: lower
+   class, then higher rank in its class) with one `lax.top_k`, as `multiclass_non_max_suppression` does.
+
+No loop runs per image or per class, loop state is derived from the inputs (so the function runs inside
+`jax.shard_map` with its varying-manual-axes checks on), and the output has fixed size with `num_valid`.
+Very large candidate lists (``pre_nms_top_k`` None or above `MAX_BLOCKED_CANDIDATES`) use a loop that
+keeps one box per class per step instead (the plain path's algorithm, vectorised over images and classes).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from adapt.boxes import clip_boxes, decode_boxes, pairwise_iou
+from adapt.nms import Detections
+
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+NMS_BLOCK = 8  # candidates per block of the blocked greedy NMS (measured fastest on a 2-core CPU)
+MAX_BLOCKED_CANDIDATES = 1024  # above this many candidates per class, the one-box-per-step loop
+
+
+@functools.partial(jax.jit, static_argnames=("max_detections", "pre_nms_top_k", "max_per_class"))
+def decode_and_nms(box_codes, anchors, scores, *, box_weights=BOX_WEIGHTS, score_threshold, iou_threshold,
+                   max_detections, pre_nms_top_k, max_per_class=None):
+    """Box codes [B, A, 4], anchors [A, 4] (normalised yxyx), per-class scores [B, A, C] (background dropped)
+    -> `adapt.nms.Detections` with boxes [B, D, 4] (clipped yxyx), scores [B, D], classes int32 [B, D]
+    (0-based) and num_valid int32 [B], D = ``max_detections``; rows past num_valid are 0.
+
+    Per class: scores <= ``score_threshold`` (and NaN) are dropped, the ``pre_nms_top_k`` best are kept
+    (None: all), greedy NMS (suppress IoU > ``iou_threshold``) keeps at most ``max_per_class`` (default
+    ``max_detections``); then the ``max_detections`` best over all classes. Identical to
+    ``jax.vmap(multiclass_non_max_suppression)`` on ``clip_boxes(decode_boxes(box_codes, anchors,
+    box_weights))`` (see the module docstring). The thresholds and ``box_weights`` may be traced.
+    """
+    scores = jnp.asarray(scores, jnp.float32)
+    codes = jnp.asarray(box_codes, jnp.float32)
+    batch, num_anchors, num_classes = scores.shape
+    k = num_anchors if pre_nms_top_k is None else min(num_anchors, pre_nms_top_k)
+    per_class = max_detections if max_per_class is None else max_per_class
+    if k == 0 or num_classes == 0 or per_class == 0 or max_detections == 0:
+        return _no_detections(scores, max_detections)
+
+    # 1. Candidates: per image and class the k best passing scores, best first, ties to the lower index.
+    class_scores = jnp.swapaxes(scores, 1, 2)  # [B, C, A]
+    passing = class_scores > score_threshold  # NaN never passes
+    key = jnp.where(passing, class_scores, -jnp.inf)
+    key = jnp.where(key == 0, 0.0, key)  # -0.0 ties with 0.0, as in the plain path's sort
+    top_key, top_idx = lax.top_k(key, k)  # [B, C, k]
+    alive = top_key > -jnp.inf  # exactly the passing ones (a passing score is > -inf)
+    top_scores = jnp.take_along_axis(class_scores, top_idx, axis=-1)  # the original values (keeps -0.0)
+
+    # 2. Boxes of the candidates, decoded exactly as the plain path does. The barrier keeps XLA from
+    # folding constant anchors/weights into the arithmetic (it would turn x / 10 into x * 0.1), so the
+    # boxes are the same whether this runs eagerly, under jit with constants, or inside shard_map.
+    anchors, box_weights = lax.optimization_barrier(
+        (jnp.asarray(anchors, jnp.float32), tuple(jnp.asarray(w, jnp.float32) for w in box_weights)))
+    boxes_all = clip_boxes(decode_boxes(codes, anchors, box_weights))  # [B, A, 4]
+    flat = top_idx + (jnp.arange(batch, dtype=top_idx.dtype) * num_anchors)[:, None, None]
+    boxes = boxes_all.reshape(batch * num_anchors, 4)[flat]  # [B, C, k, 4]
+
+    # 3. Greedy NMS per (image, class); keep the first per_class kept boxes.
+    if k <= MAX_BLOCKED_CANDIDATES:
+        keep = _greedy_blocked(boxes, alive, iou_threshold, NMS_BLOCK)
+    else:
+        keep = _greedy_stepwise(boxes, alive, iou_threshold, per_class)
+    keep = keep & (jnp.cumsum(keep, axis=-1, dtype=jnp.int32) <= per_class)
+
+    # 4. Merge the classes: best scores first; ties to the lower class, then to the earlier kept box.
+    n = num_classes * k
+    merged_key = jnp.where(keep, top_key, -jnp.inf).reshape(batch, n)
+    _, order = lax.top_k(merged_key, min(max_detections, n))
+    valid = jnp.take_along_axis(keep.reshape(batch, n), order, axis=1)
+    if order.shape[1] < max_detections:  # fewer candidates than detection slots
+        pad = ((0, 0), (0, max_detections - order.shape[1]))
+        order, valid = jnp.pad(order, pad), jnp.pad(valid, pad)
+    det_boxes = jnp.take_along_axis(boxes.reshape(batch, n, 4), order[..., None], axis=1)
+    det_scores = jnp.take_along_axis(top_scores.reshape(batch, n), order, axis=1)
+    return Detections(jnp.where(valid[..., None], det_boxes, 0.0), jnp.where(valid, det_scores, 0.0),
+                      jnp.where(valid, order // k, 0).astype(jnp.int32), valid.sum(axis=1, dtype=jnp.int32))
+
+
+def _no_detections(scores, max_detections):
+    """All-padding Detections (built from ``scores`` so they vary over a shard_map axis like it does)."""
+    zero = jnp.zeros_like(scores[:, :1, :1].reshape(-1, 1))  # [B, 1]
+    rows = jnp.broadcast_to(zero, (zero.shape[0], max_detections))
+    return Detections(jnp.broadcast_to(rows[..., None], rows.shape + (4,)), rows, rows.astype(jnp.int32),
+                      zero[:, 0].astype(jnp.int32))
+
+
+def _greedy_blocked(boxes, alive, iou_threshold, block):
+    """Greedy NMS on candidates sorted best first: boxes [..., K, 4], alive [..., K] -> keep [..., K].
+
+    Block by block (see the module docstring); per block one IoU slab of the earlier and the block's
+    candidates, [..., stop, b], then a fixed-point iteration inside the block."""
+    num = boxes.shape[-2]
+    keeps = []
+    for start in range(0, num, block):
+        stop = min(start + block, num)
+        # over[..., i, j]: candidate i (earlier, first operand as in adapt.nms) overlaps block candidate j.
+        over = pairwise_iou(boxes[..., :stop, :], boxes[..., start:stop, :]) > iou_threshold
+        cand = alive[..., start:stop]
+        if start:
+            kept = jnp.concatenate(keeps, axis=-1)
+            cand = cand & ~jnp.any(over[..., :start, :] & kept[..., :, None], axis=-2)
+        size = stop - start
+        inner = over[..., start:, :] & (jnp.arange(size)[:, None] < jnp.arange(size)[None, :])
+        keeps.append(_fixed_point(inner, cand))
+    return jnp.concatenate(keeps, axis=-1)
+
+
+def _fixed_point(over, cand):
+    """The greedy keep set of one block: over [..., b, b] (strictly upper triangular), cand [..., b]."""
+    def body(state):
+        keep, _ = state
+        new = cand & ~jnp.any(over & keep[..., :, None], axis=-2)
+        return new, jnp.any(new != keep)
+    return lax.while_loop(lambda state: state[1], body, (cand, jnp.any(cand)))[0]
+
+
+def _greedy_stepwise(boxes, alive, iou_threshold, max_keep):
+    """Greedy NMS as in `adapt.nms.non_max_suppression`: each step keeps the first surviving candidate of
+    every (image, class) and suppresses what it overlaps; at most ``max_keep`` steps, O(K) memory."""
+    positions = jnp.arange(boxes.shape[-2])
+
+    def cond(state):
+        step, alive, _ = state
+        return (step < max_keep) & jnp.any(alive)
+
+    def body(state):
+        step, alive, keep = state
+        first = jnp.argmax(alive, axis=-1)  # [...]
+        found = jnp.take_along_axis(alive, first[..., None], axis=-1)  # [..., 1]
+        best = jnp.take_along_axis(boxes, first[..., None, None], axis=-2)  # [..., 1, 4]
+        over = pairwise_iou(best, boxes)[..., 0, :] > iou_threshold
+        this = (positions == first[..., None]) & found
+        return step + 1, alive & ~over & ~this, keep | this
+
+    return lax.while_loop(cond, body, (0, alive, jnp.zeros_like(alive)))[2]

@@ -1,0 +1,21 @@
+"""Quick adaptation preset for CPU: continue a finished quick source-only run with any method.
+
+    python -m experiments.train_detector --workdir=/tmp/ssd_quick                      # the burn-in
+    python -m experiments.adapt_detector --workdir=/tmp/dann --config.method=dann --config.init_run=/tmp/ssd_quick
+
+Labelled day (train_day) and unlabelled night (train_night) of daynight_synth/r128_small, batch 32 per
+domain, 500 steps at a tenth of the source run's peak learning rate; every method, source_only and
+oracle included, gets exactly this schedule and augmentation.
+"""
+from experiments.configs import ssd_quick
+
+
+def get_config():
+    c = ssd_quick.get_config()
+    c.method = 'dann'
+    c.num_steps = 500
+    c.lr = 3e-4
+    c.optimizer.warmup_steps = 20
+    c.eval_every = 0                  # at the end only
+    c.checkpoint_every = 100
+    return c
