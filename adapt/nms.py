@@ -7,6 +7,12 @@ first unsuppressed one in sorted order, which is exactly the box the walk keeps 
 everything it overlaps, so the loop runs once per KEPT box, each step O(N) with no N x N IoU matrix in
 memory. The thresholds are ordinary (traceable) arguments: nothing is hard-coded.
 
+With ``pre_nms_top_k`` below the number of boxes, the candidates come from `lax.top_k` (a partial sort,
+far cheaper than sorting everything; like the stable sort it puts the lower index first among equal
+scores, and -0.0 is made +0.0 first so that it ties with 0.0 as in the sort). The loop state is built from
+the inputs, so everything here also runs inside `jax.shard_map` with its varying-axes checks on.
+`adapt.postprocess.decode_and_nms` is the fast batched path for detector outputs (same results).
+
 Indices are padded with 0 (harmless to gather with); ``num_valid`` says how many are real.
 """
 import functools
@@ -35,7 +41,11 @@ def non_max_suppression(boxes, scores, iou_threshold, max_output_size, score_thr
         return jnp.zeros((max_output_size,), jnp.int32), jnp.zeros((), jnp.int32)
 
     passing = scores > score_threshold
-    order = jnp.argsort(-jnp.where(passing, scores, -jnp.inf), stable=True)[:k].astype(jnp.int32)
+    key = jnp.where(passing, scores, -jnp.inf)
+    if k < n:
+        order = jax.lax.top_k(jnp.where(key == 0, 0.0, key), k)[1].astype(jnp.int32)
+    else:
+        order = jnp.argsort(-key, stable=True).astype(jnp.int32)
     sorted_boxes = boxes[order]
     alive = passing[order]  # candidates neither kept nor suppressed yet, in sorted order
 
@@ -52,7 +62,10 @@ def non_max_suppression(boxes, scores, iou_threshold, max_output_size, score_thr
         selected = selected.at[count].set(jnp.where(found, order[i], 0))
         return count + found.astype(jnp.int32), alive, selected, ~found
 
-    init = (jnp.zeros((), jnp.int32), alive, jnp.zeros((max_output_size,), jnp.int32), jnp.zeros((), bool))
+    # Built from the scores (not constants, nor argsort's indices, which JAX types as device-invariant) so
+    # that inside shard_map the carry's varying-axes type matches the body's.
+    zero = jnp.zeros_like(scores[0], dtype=jnp.int32)
+    init = (zero, alive, jnp.broadcast_to(zero, (max_output_size,)), zero > 0)
     count, _, selected, _ = jax.lax.while_loop(cond, body, init)
     return selected, count
 

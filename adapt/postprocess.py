@@ -1,27 +1,29 @@
 """Batched detection post-processing: per-class top-k, decode, exact per-class greedy NMS, merge.
 
 `decode_and_nms` gives bit for bit what the plain path gives (decode and clip every anchor's box, then
-`adapt.nms.multiclass_non_max_suppression` on each image with ``pre_nms_top_k``), but does less work:
+`adapt.nms.multiclass_non_max_suppression` on each image with ``pre_nms_top_k``), with less work:
 
-1. Per image and class, the ``pre_nms_top_k`` best anchors above the score threshold (`lax.top_k`, which
-   like the plain path's stable sort puts the lower anchor index first among equal scores) -- no sort of
-   all anchors.
-2. The boxes are decoded with the same `decode_boxes` + `clip_boxes` call as the plain path (so XLA
-   compiles the same arithmetic) and only the candidates' boxes are gathered.
-3. Greedy NMS on each class's sorted candidates, all images and classes at once, in blocks of
-   `NMS_BLOCK` candidates: a block's candidates are first suppressed by the boxes kept in earlier blocks,
-   then the block is solved by a fixed-point iteration ``keep = alive & ~any(keep[i] & iou[i, j] > t,
-   i < j)``; its fixed point is unique (it is fixed position by position) and equals the greedy walk's
-   set, and a block of b candidates reaches it in at most b + 1 rounds (usually 2-4). IoUs are computed
-   by `adapt.boxes.pairwise_iou` with the earlier box as first operand, as in `adapt.nms`, so every
-   ``iou > iou_threshold`` decision is the plain path's. The threshold is honoured everywhere.
-4. The first ``max_per_class`` kept boxes of each class, merged over classes by score (ties: lower
-   class, then higher rank in its class) with one `lax.top_k`, as `multiclass_non_max_suppression` does.
+1. Per image and class, the ``pre_nms_top_k`` best anchors above the score threshold from `lax.top_k`
+   (which, like the plain path's stable sort, puts the lower anchor index first among equal scores;
+   -0.0 is made +0.0 first so that it ties with 0.0 as in the sort): no sort of all anchors.
+2. The boxes are decoded by the plain path's own `decode_boxes` + `clip_boxes` call; only the candidates'
+   boxes are gathered. Anchors and weights pass an optimisation barrier so that XLA cannot fold constant
+   anchors/weights into other arithmetic (it rewrites x / 10 as x * 0.1 when 10 is a compile-time
+   constant, which moves some coordinates by an ulp): the output is the same eagerly, under jit with
+   constants and inside shard_map, and equals the plain path run eagerly.
+3. Greedy NMS of each class's sorted candidates, all images and classes at once: one boolean matrix
+   ``iou[i, j] > iou_threshold`` for i < j (`adapt.boxes.pairwise_iou`, the earlier box as first operand
+   as in `adapt.nms`, so every decision is the plain path's; the threshold is the given one everywhere),
+   then one loop over the K rows: row i removes what it overlaps if candidate i is still alive. Only
+   earlier rows touch candidate i, so it is final when its row comes: this is the greedy walk.
+4. The first ``max_per_class`` kept boxes of each class, merged over classes by score with one
+   `lax.top_k` (ties: lower class, then the earlier kept box), as `multiclass_non_max_suppression` does.
 
-No loop runs per image or per class, loop state is derived from the inputs (so the function runs inside
-`jax.shard_map` with its varying-manual-axes checks on), and the output has fixed size with `num_valid`.
-Very large candidate lists (``pre_nms_top_k`` None or above `MAX_BLOCKED_CANDIDATES`) use a loop that
-keeps one box per class per step instead (the plain path's algorithm, vectorised over images and classes).
+No loop runs per image or per class, loop state comes from the inputs (so it runs inside `jax.shard_map`
+with the varying-axes checks on), and the output has a fixed size with `num_valid`. When the overlap
+matrix would be large (more than `MAX_MATRIX_CANDIDATES` candidates per class, e.g. ``pre_nms_top_k``
+None, or more than `MAX_OVERLAP_MATRIX` entries), a loop that keeps one box per image and class per step
+(the plain path's algorithm, vectorised) is used instead.
 """
 import functools
 
@@ -33,8 +35,11 @@ from adapt.boxes import clip_boxes, decode_boxes, pairwise_iou
 from adapt.nms import Detections
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-NMS_BLOCK = 8  # candidates per block of the blocked greedy NMS (measured fastest on a 2-core CPU)
-MAX_BLOCKED_CANDIDATES = 1024  # above this many candidates per class, the one-box-per-step loop
+# The matrix NMS runs for at most this many candidates per class (it does K^2 IoUs and K loop steps; the
+# stepwise loop does K IoUs per step and one step per kept box) and an overlap matrix [K, B, C, K] of at
+# most MAX_OVERLAP_MATRIX booleans; otherwise the stepwise loop.
+MAX_MATRIX_CANDIDATES = 512
+MAX_OVERLAP_MATRIX = 2 ** 28
 
 
 @functools.partial(jax.jit, static_argnames=("max_detections", "pre_nms_top_k", "max_per_class"))
@@ -77,8 +82,8 @@ def decode_and_nms(box_codes, anchors, scores, *, box_weights=BOX_WEIGHTS, score
     boxes = boxes_all.reshape(batch * num_anchors, 4)[flat]  # [B, C, k, 4]
 
     # 3. Greedy NMS per (image, class); keep the first per_class kept boxes.
-    if k <= MAX_BLOCKED_CANDIDATES:
-        keep = _greedy_blocked(boxes, alive, iou_threshold, NMS_BLOCK)
+    if k <= MAX_MATRIX_CANDIDATES and batch * num_classes * k * k <= MAX_OVERLAP_MATRIX:
+        keep = _greedy_matrix(boxes, alive, iou_threshold)
     else:
         keep = _greedy_stepwise(boxes, alive, iou_threshold, per_class)
     keep = keep & (jnp.cumsum(keep, axis=-1, dtype=jnp.int32) <= per_class)
@@ -105,34 +110,18 @@ def _no_detections(scores, max_detections):
                       zero[:, 0].astype(jnp.int32))
 
 
-def _greedy_blocked(boxes, alive, iou_threshold, block):
+def _greedy_matrix(boxes, alive, iou_threshold):
     """Greedy NMS on candidates sorted best first: boxes [..., K, 4], alive [..., K] -> keep [..., K].
 
-    Block by block (see the module docstring); per block one IoU slab of the earlier and the block's
-    candidates, [..., stop, b], then a fixed-point iteration inside the block."""
-    num = boxes.shape[-2]
-    keeps = []
-    for start in range(0, num, block):
-        stop = min(start + block, num)
-        # over[..., i, j]: candidate i (earlier, first operand as in adapt.nms) overlaps block candidate j.
-        over = pairwise_iou(boxes[..., :stop, :], boxes[..., start:stop, :]) > iou_threshold
-        cand = alive[..., start:stop]
-        if start:
-            kept = jnp.concatenate(keeps, axis=-1)
-            cand = cand & ~jnp.any(over[..., :start, :] & kept[..., :, None], axis=-2)
-        size = stop - start
-        inner = over[..., start:, :] & (jnp.arange(size)[:, None] < jnp.arange(size)[None, :])
-        keeps.append(_fixed_point(inner, cand))
-    return jnp.concatenate(keeps, axis=-1)
-
-
-def _fixed_point(over, cand):
-    """The greedy keep set of one block: over [..., b, b] (strictly upper triangular), cand [..., b]."""
-    def body(state):
-        keep, _ = state
-        new = cand & ~jnp.any(over & keep[..., :, None], axis=-2)
-        return new, jnp.any(new != keep)
-    return lax.while_loop(lambda state: state[1], body, (cand, jnp.any(cand)))[0]
+    over[i, ..., j] says that candidate i (first operand of `pairwise_iou`, as the kept box is in
+    `adapt.nms`) overlaps a later candidate j; row i then removes what it overlaps if i is still alive.
+    Row i is final when its turn comes (only earlier rows touch it), so this is the greedy walk."""
+    k = boxes.shape[-2]
+    rows = jnp.moveaxis(boxes, -2, 0)[..., None, :]  # [K, ..., 1, 4]
+    later = jnp.arange(k)[:, None] < jnp.arange(k)[None, :]
+    over = pairwise_iou(rows, boxes)[..., 0, :] > iou_threshold  # [K, ..., K], row-major for the loop
+    over = over & later.reshape((k,) + (1,) * (boxes.ndim - 2) + (k,))
+    return lax.fori_loop(0, k, lambda i, alive: alive & ~(alive[..., i, None] & over[i]), alive)
 
 
 def _greedy_stepwise(boxes, alive, iou_threshold, max_keep):

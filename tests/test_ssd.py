@@ -1,16 +1,13 @@
-"""SSD: output layout against the anchors, decode + NMS of a planted perfect prediction, the train step."""
+"""SSD: output layout against the anchors, instance features, decode + NMS of a planted perfect prediction."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from adapt.evaluation import detections_to_results, evaluate_coco, ground_truth_from_arrays
-from adapt.models.detector import build_detector, make_targets, make_train_step
-from adapt.models.ssd import SSD, level_ratios, postprocess
-from adapt.training import TrainState, data_parallel, make_mesh, make_optimizer, replicate, shard_batch, to_host
-
-RATIOS = ((2.0,), (2.0, 3.0), (2.0,))
+from adapt.models.detector import build_detector
+from adapt.models.ssd import SSD, class_scores, level_ratios
+from tests.tiny_config import RATIOS, tiny_config
 
 
 def _random_variables(init, *args):
@@ -26,15 +23,6 @@ def _random_variables(init, *args):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def _config(detector_levels=('C3', 'C4'), size=32):
-    return ml_collections.ConfigDict(dict(
-        image_size=size,
-        model=dict(backbone='resnet18', width=0.125, levels=detector_levels, extra_channels=(16,),
-                   aspect_ratios=RATIOS, min_scale=0.2, max_scale=0.8),
-        matcher=dict(allow_low_quality=True), loss=dict(neg_pos_ratio=3),
-        postprocess=dict(score_threshold=0.01, iou_threshold=0.45, max_detections=20, pre_nms_top_k=100)))
-
-
 @pytest.mark.parametrize('backbone,head,size', [('resnet18', 'softmax', (32, 32)), ('vgg16', 'sigmoid', (32, 48))])
 def test_outputs_follow_the_anchor_order(backbone, head, size):
     num_classes = 2
@@ -42,7 +30,7 @@ def test_outputs_follow_the_anchor_order(backbone, head, size):
                 aspect_ratios=RATIOS, head=head)
     images = jax.random.uniform(jax.random.key(1), (2, *size, 3))
     variables = _random_variables(model.init, images)
-    out, state = model.apply(variables, images, capture_intermediates=lambda m, _: m.name and m.name[:3] in (
+    (out, features), state = model.apply(variables, images, capture_intermediates=lambda m, _: m.name and m.name[:3] in (
         'cls', 'box'))
     anchors = model.anchors(size)
     sizes = model.feature_sizes(size)
@@ -52,6 +40,8 @@ def test_outputs_follow_the_anchor_order(backbone, head, size):
     c_out = num_classes + (head == 'softmax')
     assert anchors.shape == (sum(num), 4)
     assert out['cls_logits'].shape == (2, sum(num), c_out) and out['box_codes'].shape == (2, sum(num), 4)
+    assert list(features) == ['C3', 'C4', 'extra0', 'anchor_features']
+    assert features['anchor_features'].shape == (2, sum(num), 64)
     offset = 0
     for k, ((h, w), per) in enumerate(zip(sizes, per_location)):
         raw_cls = np.asarray(state['intermediates'][f'cls{k}']['__call__'][0])  # [B, h, w, per * C']
@@ -69,19 +59,19 @@ def test_outputs_follow_the_anchor_order(backbone, head, size):
 
 @pytest.mark.parametrize('detector_name', ['ssd', 'retinanet'])
 def test_planted_perfect_prediction_decodes_to_the_ground_truth(detector_name):
-    detector = build_detector(_config(size=64), num_classes=3, detector=detector_name)
+    detector = build_detector(tiny_config(size=64, detector=detector_name), num_classes=3)
     gt_boxes = np.array([[[0.1, 0.1, 0.5, 0.4], [0.55, 0.5, 0.95, 0.9], [0.2, 0.6, 0.45, 0.75], [0, 0, 0, 0]],
                          [[0.3, 0.2, 0.8, 0.6], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)
     gt_labels = np.array([[0, 2, 1, -1], [1, -1, -1, -1]], np.int32)
     gt_mask = gt_labels >= 0
-    targets = make_targets(detector, gt_boxes, gt_labels, gt_mask)
+    targets = detector.targets({'boxes': gt_boxes, 'labels': gt_labels, 'mask': gt_mask})
     cls = np.asarray(targets['cls_targets'])
-    if detector.head == 'softmax':
+    if detector.score_kind == 'softmax':
         logits = 10.0 * np.eye(4)[cls]
     else:
         logits = np.where(np.eye(4)[cls][..., 1:] > 0, 10.0, -10.0)
     outputs = {'cls_logits': jnp.asarray(logits, jnp.float32), 'box_codes': targets['box_targets']}
-    dets = jax.tree.map(np.asarray, postprocess(outputs, detector.anchors, head=detector.head, **detector.postprocess))
+    dets = jax.tree.map(np.asarray, detector.postprocess(outputs))
     np.testing.assert_array_equal(dets.num_valid, gt_mask.sum(1))
     for b in range(2):
         n = dets.num_valid[b]
@@ -97,30 +87,24 @@ def test_planted_perfect_prediction_decodes_to_the_ground_truth(detector_name):
     assert summary['AP50'] == pytest.approx(1.0) and summary['AP'] == pytest.approx(1.0)
 
 
-def _batch(seed, n=4, size=32):
-    rng = np.random.default_rng(seed)
-    lo = rng.uniform(0.0, 0.5, (n, 3, 2))
-    boxes = np.concatenate([lo, lo + rng.uniform(0.2, 0.5, (n, 3, 2))], -1).astype(np.float32)
-    labels = rng.integers(0, 2, (n, 3)).astype(np.int32)
-    labels[:, 2] = -1
-    return {'image': rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32), 'boxes': boxes,
-            'labels': labels, 'mask': labels >= 0}
-
-
-def test_train_step_same_on_one_and_four_devices():
-    detector = build_detector(_config(), num_classes=2)
-    variables = _random_variables(lambda key: detector.init(key))
-    tx = make_optimizer(dict(name='sgd', learning_rate=0.1, momentum=0.9))
-    batch = _batch(0)
-    results = []
-    for n in (1, 4):
-        mesh = make_mesh(n)
-        state = replicate(TrainState.create(variables['params'], tx, 0, variables['batch_stats']), mesh)
-        step = data_parallel(make_train_step(detector), mesh)
-        state, metrics, finite = step(state, shard_batch(batch, mesh))
-        results.append(to_host((state.params, state.batch_stats, metrics)))
-        assert bool(finite)
-    (p1, s1, m1), (p4, s4, m4) = results
-    np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-5)
-    assert m1['loss'] > 0
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), (p1, s1), (p4, s4))
+def test_instance_features_are_the_projected_features_at_the_top_scoring_anchors():
+    """Instances = anchor features (each level's 1x1 projection, repeated per box type) at the K anchors
+    of highest foreground probability, re-derived here from the raw outputs with NumPy."""
+    detector = build_detector(tiny_config(), num_classes=3)
+    variables = _random_variables(detector.init)
+    images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+    outputs, features, _ = detector.apply(variables, images)
+    (raw_out, raw_feats) = detector.eval_model.apply(variables, images)
+    scores = np.asarray(class_scores(raw_out['cls_logits'], 'softmax')).max(-1)
+    top = np.argsort(-scores, axis=1, kind='stable')[:, :8]
+    anchor_features = np.asarray(raw_feats['anchor_features'])
+    for b in range(2):
+        np.testing.assert_allclose(np.asarray(features['instances'][b]), anchor_features[b, top[b]], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(features['instance_logits'][b]),
+                                   np.asarray(raw_out['cls_logits'])[b, top[b]], rtol=1e-6)
+    assert features['instance_mask'].shape == (2, 8) and bool(np.all(features['instance_mask']))
+    level = np.asarray(raw_feats['C3'])  # stride 8: 4x4 locations, 4 box types each (ratios (2,))
+    kernel = np.asarray(variables['params']['instance0']['kernel'])[0, 0]
+    bias = np.asarray(variables['params']['instance0']['bias'])
+    projected = level.reshape(2, 16, -1) @ kernel + bias
+    np.testing.assert_allclose(anchor_features[:, :64], np.repeat(projected, 4, axis=1), rtol=1e-4, atol=1e-5)

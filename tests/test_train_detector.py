@@ -7,61 +7,19 @@ step, reruns the same command and compares the final parameters with an uninterr
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from adapt.evaluation import evaluate_coco, load_detections, load_ground_truth
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--dataset=daynight_synth/tiny', '--eval_splits=validation_day', '--config.image_size=32',
-        '--config.batch_size=4', '--config.eval_batch_size=4', '--config.num_steps=4',
-        '--config.model.width=0.125', "--config.model.levels=('C3','C4')", '--config.model.extra_channels=(16,)',
-        '--config.model.aspect_ratios=((2.0,),(2.0,),(2.0,))', '--config.checkpoint_every=2',
-        '--config.log_every=2', '--config.num_draw=2', '--config.tensorboard=False',
-        '--config.optimizer.warmup_steps=1', '--config.max_boxes=8']
-
-
-@pytest.fixture(scope='session')
-def env(tmp_path_factory):
-    """Environment for the subprocesses: a shared compilation cache and a prepared tiny dataset dir."""
-    import tensorflow_datasets as tfds
-    import adapt.datasets  # noqa: F401  (registers daynight_synth)
-    root = tmp_path_factory.mktemp('train_detector')
-    tfds.builder('daynight_synth/tiny', data_dir=str(root / 'tfds')).download_and_prepare()
-    e = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(root / 'xla_cache'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-    return e, str(root / 'tfds')
-
-
-def start(args, env, script='train_detector'):
-    """Start a script (several run at once: start-up and compilation are mostly single-threaded)."""
-    return subprocess.Popen([sys.executable, '-m', f'experiments.{script}', *args], cwd=ROOT, env=env[0],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc, check=True):
-    """(returncode, stdout, stderr) of a started script; with check, a non-zero exit fails the test."""
-    out, err = proc.communicate(timeout=300)
-    if check and proc.returncode:
-        raise AssertionError(f'{proc.args} exited {proc.returncode}:\n{out[-3000:]}\n{err[-3000:]}')
-    return proc.returncode, out, err
-
-
-def final_params(workdir):
-    step = max(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, 'checkpoints', '[0-9]*')))
-    state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
-    return step, state
-
+from tests.script_runner import TINY, final_params, finish, start
 
 BAD_FLAGS = [('--backbone=resnet19', 'unknown backbone'), ('--detector=yolo', 'unknown detector'),
              ('--dataset=daynight_synthetic', 'unknown dataset'), ('--dataset=daynight_synth/r7', 'unknown config'),
              ('--train_split=train_noon', 'unknown split'), ('--eval_splits=validation_day,val_night', 'unknown split'),
-             ('--config.model.width=abc', 'config.model.width'), ('--config.model.widht=1', 'Did you mean')]
+             ('--config.ssd.model.width=abc', 'config.ssd.model.width'),
+             ('--config.ssd.model.widht=1', 'Did you mean')]
 
 
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, env):
@@ -129,22 +87,18 @@ def test_nan_stops_with_one_line_and_exit_1(tmp_path, env):
 
 def test_init_from_loads_the_backbone_checkpoint(tmp_path):
     import jax.numpy as jnp
-    import ml_collections
-    from adapt.methods.supervised import init_state
+    from adapt.methods.trainer import init_state, setup
     from adapt.models.backbones import get_backbone
-    from adapt.models.detector import build_detector
     from adapt.models.keras_import import save_backbone_checkpoint
-    from experiments.configs import ssd_quick
-    config = ssd_quick.get_config()
-    config.update(ml_collections.ConfigDict(dict(image_size=32, init_from=str(tmp_path / 'backbone'))))
-    config.model.update(dict(width=0.125, levels=('C3', 'C4'), extra_channels=(16,), aspect_ratios=((2.0,),) * 3))
+    from tests.tiny_config import tiny_config
+    config = tiny_config(init_from=str(tmp_path / 'backbone'))
     backbone = get_backbone('resnet18', width=0.125)
     variables = jax.jit(backbone.init)(jax.random.key(5), jnp.zeros((1, 32, 32, 3)))
     variables = jax.tree.map(lambda x: x + 0.5, variables)  # unlike any fresh initialisation
     save_backbone_checkpoint(config.init_from, variables, {'backbone': 'resnet18', 'width': 0.125, 'source': 't'})
-    state = init_state(config, build_detector(config, num_classes=6))
-    for ours, theirs in ((state.params, variables['params']), (state.batch_stats, variables['batch_stats'])):
+    state = init_state(config, setup(config, num_classes=6))
+    for ours, theirs in ((state.params['detector'], variables['params']), (state.batch_stats, variables['batch_stats'])):
         jax.tree.map(np.testing.assert_array_equal, ours['features']['backbone'], theirs)
-    config.model.width = 0.25  # a backbone of another width does not fit
+    config.ssd.model.width = 0.25  # a backbone of another width does not fit
     with pytest.raises(ValueError, match='do not match'):
-        init_state(config, build_detector(config, num_classes=6))
+        init_state(config, setup(config, num_classes=6))

@@ -29,8 +29,8 @@ def ema_update(ema, variables, decay):
 
 def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, axis_name: str = AXIS):
     """`step(state, batch, key) -> (state, metrics)`; batch {'source': ..., 'target': ...} (domains the
-    method does not read may be absent). Metrics: 'loss' (the weighted total) and every term's value and
-    metrics under its name."""
+    method does not read may be absent). Metrics: 'loss' (the weighted total), every term's (unweighted)
+    value under its name and its own metrics under '<name>/'."""
     active = [t for t in terms if t.weight != 0]
     domains = active_domains(terms)
     if not domains:
@@ -60,7 +60,7 @@ def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, a
                 value, term_metrics = term.value(ctx, params['adaptation'].get(term.name))
                 total = total + term.weight * value
                 metrics[term.name] = value
-                metrics.update({f'{term.name}/{k}': v for k, v in term_metrics.items()})
+                metrics.update({f'{term.name}/{k}': v for k, v in term_metrics.items() if k != 'loss'})
             metrics['loss'] = total
             return total, (metrics, new_stats)
 

@@ -268,11 +268,14 @@ class SSDDetector(Detector):
         return jax.vmap(assign)(batch['boxes'], batch['labels'], batch['mask'])
 
     def loss(self, outputs, batch, axis_name=None):
-        """Multibox (or focal) loss normalised by the positives of the global batch."""
+        """Multibox (or focal) loss normalised by the positives of the global batch; metrics count the
+        positive anchors per image (a mean over the devices is then the global batch's)."""
         targets = self.targets(batch)
         positives = jnp.sum(targets['positive']).astype(jnp.float32)
         normalizer = lax.pmean(positives, axis_name) if axis_name else positives
-        return ssd_loss(outputs, targets, normalizer=normalizer, **self.loss_settings)
+        loss, metrics = ssd_loss(outputs, targets, normalizer=normalizer, **self.loss_settings)
+        metrics['positives_per_image'] = metrics.pop('num_positives') / targets['positive'].shape[0]
+        return loss, metrics
 
     def postprocess(self, outputs):
         return postprocess(outputs, self.anchors, head=self.score_kind, **self.postprocess_settings)

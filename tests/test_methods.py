@@ -1,0 +1,160 @@
+"""Methods on the generic step: loss terms against hand / NumPy computations, 1 device == 4 devices with every
+term on, weight 0 == source only, target labels never matter to an unsupervised method."""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adapt.datasets.two_domain import ZipIterator
+from adapt.losses.adaptation import coral_loss, dann_image, entropy, mmd
+from adapt.methods.base import get_method, resolve_terms
+from adapt.methods.step import make_step
+from adapt.methods.trainer import init_state, setup
+from adapt.registry import RegistryError
+from adapt.training import data_parallel, make_mesh, replicate, shard_batch, to_host
+from tests.test_alignment import ref_coral, ref_mmd
+from tests.tiny_config import tiny_config
+
+EVERY_LOSS = 'dann_image:0.1,dann_instance:0.1,mmd:1.0,coral:1.0,entropy:0.1'
+NO_SCHEDULE = dict(dann_image=dict(level='', hidden=8, gamma=0.0), dann_instance=dict(hidden=8, gamma=0.0))
+
+
+def _batch(seed, n=8, size=32):
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(0.0, 0.5, (n, 4, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0.2, 0.5, (n, 4, 2))], -1).astype(np.float32)
+    labels = rng.integers(0, 3, (n, 4)).astype(np.int32)
+    labels[:, 3] = -1
+    return {'image': rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32), 'boxes': boxes,
+            'labels': labels, 'mask': labels >= 0}
+
+
+def _stepper(config, devices):
+    """(initial state, step(state, batch) -> (host state, host metrics)) on `devices` devices."""
+    s = setup(config, 3)
+    mesh = make_mesh(devices)
+    step = data_parallel(make_step(s.detector, s.method, s.terms, config.num_steps, config.ema_decay), mesh,
+                         donate=False)
+
+    def run(state, batch):
+        new, metrics, finite = step(replicate(state, mesh), shard_batch(batch, mesh))
+        assert bool(finite)
+        return to_host(new), to_host(metrics)
+    return init_state(config, s), run
+
+
+def _assert_trees(a, b, exact=False):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    check = np.testing.assert_array_equal if exact else (
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6))
+    jax.tree.map(check, a, b)
+
+
+def test_one_device_equals_four_with_every_term_on():
+    """Every built-in term at once (the methods are subsets of these terms): the oracle's detection loss on
+    the target, the source pass (BatchNorm statistics from it), both domain classifiers, MMD, CORAL and
+    entropy, with the EMA on. Parameters (classifiers included), statistics, the EMA and every metric agree."""
+    config = tiny_config(method='oracle', adaptation_losses=EVERY_LOSS, ema_decay=0.9, num_steps=10)
+    config.adaptation_hparams.update(NO_SCHEDULE)  # reversal coefficient 1 at step 0 (the schedule gives 0)
+    batch = {'source': _batch(0), 'target': _batch(1)}
+    state, one = _stepper(config, 1)
+    (s1, m1), (s4, m4) = one(state, batch), _stepper(config, 4)[1](state, batch)
+    _assert_trees((s1.params, s1.batch_stats, s1.aux), (s4.params, s4.batch_stats, s4.aux))
+    assert set(m1) == set(m4) >= {'detection_target', 'dann_image', 'dann_instance', 'mmd', 'coral', 'entropy'}
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m4[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert set(s1.params['adaptation']) == {'dann_image', 'dann_instance'}
+    assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params['adaptation']),
+                                                         jax.tree.leaves(s1.params['adaptation'])))
+
+
+def test_weight_zero_is_exactly_the_source_only_step():
+    batch = {'source': _batch(0), 'target': _batch(1)}
+    state, zero_step = _stepper(tiny_config(method='dann', adaptation_losses='dann_image:0,dann_instance:0'), 1)
+    base_state, base_step = _stepper(tiny_config(method='source_only'), 1)
+    zero, m_zero = zero_step(state, batch)
+    base, m_base = base_step(base_state, {'source': batch['source']})
+    _assert_trees((zero.params, zero.batch_stats, zero.opt_state), (base.params, base.batch_stats, base.opt_state),
+                  exact=True)
+    assert m_zero['loss'] == m_base['loss'] and 'dann_image' not in m_zero
+
+
+def test_target_labels_do_not_reach_an_unsupervised_step():
+    config = tiny_config(method='dann')
+    config.adaptation_hparams.update(NO_SCHEDULE)
+    source, target = _batch(0), _batch(1)
+    other = dict(target, boxes=target['boxes'][::-1] * 0.5, labels=(target['labels'] + 1) % 3,
+                 mask=~target['mask'])
+    state, step = _stepper(config, 4)
+    _assert_trees(step(state, {'source': source, 'target': target}),
+                  step(state, {'source': source, 'target': other}), exact=True)
+    # and the data layer strips them before the step: only the image of the target is batched
+    it = ZipIterator({'source': iter([source]), 'target': iter([target])},
+                     {'source': ('image', 'boxes', 'labels', 'mask'), 'target': ('image',)})
+    assert set(next(it)['target']) == {'image'}
+
+
+def _ctx(detector=None, source_features=None, target_features=None, progress=0.0):
+    from adapt.methods.base import StepContext
+    return StepContext(detector, source_features=source_features, target_features=target_features,
+                       progress=jnp.float32(progress))
+
+
+def test_dann_image_loss_by_hand():
+    """1x1 feature maps with one channel: the 3x3 conv sees only its centre tap, so the classifier is
+    logit = w2 * relu(w1 * x + b1) + b2, and the loss the mean of -log(1 - sigmoid) over the source and
+    -log(sigmoid) over the target, averaged."""
+    xs, xt = np.array([0.5, -1.0], np.float32), np.array([2.0, 0.25], np.float32)
+    feats = lambda x: {'C4': jnp.asarray(x).reshape(2, 1, 1, 1)}  # noqa: E731
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 1, 0, 0] = 1.5
+    params = {'conv': {'kernel': jnp.asarray(kernel), 'bias': jnp.array([0.1])},
+              'logits': {'kernel': jnp.array([[[[-0.8]]]]), 'bias': jnp.array([0.3])}}
+    detector = types.SimpleNamespace(alignment_level='C4')
+    loss, metrics = dann_image(_ctx(detector, feats(xs), feats(xt), progress=0.3), params, hidden=1, gamma=10.0)
+    logit = lambda x: -0.8 * np.maximum(1.5 * x + 0.1, 0) + 0.3  # noqa: E731
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    want_s = np.mean(-np.log(1 - sig(logit(xs))))
+    want_t = np.mean(-np.log(sig(logit(xt))))
+    np.testing.assert_allclose(float(metrics['source_bce']), want_s, rtol=1e-6)
+    np.testing.assert_allclose(float(loss), 0.5 * (want_s + want_t), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics['reversal']), 2 / (1 + np.exp(-3.0)) - 1, rtol=1e-6)
+    # the features get the classifier's gradient reversed and scaled by the schedule
+    grad = jax.grad(lambda x: dann_image(_ctx(detector, feats(x), feats(xt), 0.3), params, hidden=1)[0])(
+        jnp.asarray(xs))
+    d_logit = sig(logit(xs)) / 2 / 2  # d(0.5 * mean BCE(label 0))/d logit, 2 examples
+    want = -(2 / (1 + np.exp(-3.0)) - 1) * d_logit * -0.8 * 1.5 * (1.5 * xs + 0.1 > 0)
+    np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-5)
+
+
+def test_mmd_coral_and_entropy_terms_against_numpy():
+    rng = np.random.default_rng(3)
+    fs, ft = rng.normal(size=(6, 2, 3, 5)).astype(np.float32), rng.normal(1.0, 2.0, (6, 2, 3, 5)).astype(np.float32)
+    detector = types.SimpleNamespace(alignment_level='C4', score_kind='softmax')
+    ctx = _ctx(detector, {'C4': jnp.asarray(fs)}, {'C4': jnp.asarray(ft)})
+    pooled_s, pooled_t = fs.mean((1, 2)), ft.mean((1, 2))
+    np.testing.assert_allclose(float(mmd(ctx)[0]), ref_mmd(pooled_s, pooled_t), rtol=2e-4)
+    np.testing.assert_allclose(float(coral_loss(ctx)[0]), ref_coral(pooled_s, pooled_t), rtol=2e-4)
+    logits = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    mask = np.array([[True, False, True], [True, True, False]])
+    ctx.target_features = {'instance_logits': jnp.asarray(logits), 'instance_mask': jnp.asarray(mask)}
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    want = (-(p * np.log(p)).sum(-1))[mask].mean()
+    np.testing.assert_allclose(float(entropy(ctx)[0]), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize('spec,needle', [('dann_imag:0.1', 'unknown adaptation loss'),
+                                         ('dann_image', 'malformed'), ('dann_image:x', 'malformed'),
+                                         ('no_such_module_xyz:fn:1.0', 'cannot import'),
+                                         ('tests.tiny_config:missing:1.0', "has no 'missing'")])
+def test_bad_loss_lists_are_one_line_errors(spec, needle):
+    with pytest.raises(RegistryError, match=needle) as error:
+        resolve_terms(get_method('source_only'), spec)
+    assert '\n' not in str(error.value)
+
+
+def test_unknown_method_lists_the_choices():
+    with pytest.raises(RegistryError, match='valid choices: source_only, oracle, dann, mmd, coral, entropy'):
+        get_method('dan')
