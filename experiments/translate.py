@@ -11,7 +11,6 @@ multiple of the model's stride) or are resized to a square --image_size first. F
 file names (as .png); split inputs are written as <split>_<index>.png. A bad flag value gives one line
 and exit status 2.
 """
-import json
 import os
 
 from absl import app, flags, logging

@@ -5,7 +5,6 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from tests.script_runner import TINY, final_params, finish, start
 

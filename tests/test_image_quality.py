@@ -1,6 +1,7 @@
 """PSNR / SSIM / Frechet distance against closed forms, a direct NumPy re-derivation, TensorFlow's
 independent implementations (tf.image.psnr / tf.image.ssim) and scipy's sqrtm; the paired evaluation
 and Inception features (random weights written to a file, as a user-supplied weights file would be)."""
+import jax
 import numpy as np
 import pytest
 import scipy.linalg
@@ -126,26 +127,32 @@ def test_inception_features_from_a_weights_file(tmp_path):
 
 
 def test_backbone_features_from_a_detector_workdir(tmp_path):
-    """The loader reads config.json's backbone and the checkpoint's params['features']['backbone'] (the
-    layout train_detector's SSD state has): it must give the same features as the saved backbone."""
-    import json
+    """The loader asks the run's detector where its backbone lives (here an SSD's
+    params['features']['backbone']): it must give the same features as the saved backbone."""
+    from adapt.models.detector import build_detector
     from adapt.models.frozen_features import from_detector_workdir, random_features
+    from adapt.runs import RunError, write_run
     from adapt.training import Checkpointer
-    saved = random_features('resnet18', 0.25, levels=('C4', 'C5'), seed=3)
-    (tmp_path / 'config.json').write_text(json.dumps({'model': {'backbone': 'resnet18', 'width': 0.25,
-                                                                'backbone_kwargs': {}}}))
-    state = {'step': np.int32(7), 'params': {'features': {'backbone': saved.variables['params']},
-                                             'cls0': {'bias': np.zeros(3, np.float32)}},
-             'batch_stats': {'features': {'backbone': saved.variables['batch_stats']}}}
+    from tests.tiny_config import tiny_config
+    saved = random_features('resnet18', 0.125, levels=('C3', 'C4'), seed=3)
+    config = tiny_config()
+    detector = build_detector(config, 3)
+    shapes = jax.eval_shape(detector.init, jax.random.key(0))  # the layout, without compiling init
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    for collection in ('params', 'batch_stats'):
+        variables = detector.with_backbone(variables, collection, saved.variables[collection])
+    state = {'step': np.int32(7), 'params': {'detector': variables['params']},
+             'batch_stats': variables['batch_stats']}
+    write_run(str(tmp_path), 'detector', config, class_names=['a', 'b', 'c'])
     ckpt = Checkpointer(str(tmp_path / 'checkpoints'))
     ckpt.save(7, state)
     ckpt.close()
-    loaded = from_detector_workdir(str(tmp_path), levels=('C4', 'C5'))
+    loaded = from_detector_workdir(str(tmp_path), levels=('C3', 'C4'))
     assert 'step 7' in loaded.source
     images = _images(10, (2, 64, 64, 3))
-    other = random_features('resnet18', 0.25, levels=('C4', 'C5'), seed=4)
-    for level in ('C4', 'C5'):
+    other = random_features('resnet18', 0.125, levels=('C3', 'C4'), seed=4)
+    for level in ('C3', 'C4'):
         np.testing.assert_allclose(loaded(images)[level], saved(images)[level], rtol=1e-5, atol=1e-6)
         assert not np.allclose(other(images)[level], saved(images)[level])
-    with pytest.raises(FileNotFoundError, match='config.json'):
+    with pytest.raises(RunError, match='run.json'):
         from_detector_workdir(str(tmp_path / 'checkpoints'))

@@ -1,5 +1,6 @@
 """Methods on the generic step: loss terms against hand / NumPy computations, 1 device == 4 devices with every
 term on, weight 0 == source only, target labels never matter to an unsupervised method."""
+import os
 import types
 
 import jax
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from adapt.datasets.two_domain import ZipIterator
-from adapt.losses.adaptation import coral_loss, dann_image, entropy, mmd
-from adapt.methods.base import get_method, resolve_terms
+from adapt.losses.adaptation import adaptation_loss, coral_loss, dann_image, entropy, mmd
+from adapt.methods.base import METHODS, Method, get_method, register_method, resolve_terms
 from adapt.methods.step import make_step
 from adapt.methods.trainer import init_state, setup
 from adapt.registry import RegistryError
@@ -18,6 +19,28 @@ from tests.test_alignment import ref_coral, ref_mmd
 from tests.tiny_config import tiny_config
 
 EVERY_LOSS = 'dann_image:0.1,dann_instance:0.1,mmd:1.0,coral:1.0,entropy:0.1'
+
+
+def _distill(ctx):
+    """Reads the teacher's outputs and the (transformed) source batch."""
+    diff = ctx.source_outputs['cls_logits'] - ctx.teacher_outputs['source']['cls_logits']
+    return jnp.mean(diff ** 2), {'image_mean': jnp.mean(ctx.source['image'])}
+
+
+def _count_update(state):
+    method_aux = state.aux['method']
+    return state.replace(aux={**state.aux, 'method': {**method_aux, 'updates': method_aux['updates'] + 1}})
+
+
+if 'test_hooks' not in METHODS:  # every hook of a Method at once, on top of every built-in term
+    adaptation_loss('test_distill')(_distill)
+    register_method(Method(
+        'test_hooks', 'labelled target, every loss, a teacher, aux state, an after-update hook, a batch transform',
+        supervised=('target',), losses=EVERY_LOSS + ',test_distill:1.0',
+        init_aux=lambda v: {'teacher': jax.tree.map(lambda x: 0.5 * x, v), 'updates': np.int32(0)},
+        teacher=lambda state: state.aux['method']['teacher'], after_update=_count_update,
+        transform_batch=lambda batch, key: {**batch, 'source': {**batch['source'],
+                                                                'image': 0.5 * batch['source']['image']}}))
 NO_SCHEDULE = dict(dann_image=dict(level='', hidden=8, gamma=0.0), dann_instance=dict(hidden=8, gamma=0.0))
 
 
@@ -55,16 +78,25 @@ def _assert_trees(a, b, exact=False):
 def test_one_device_equals_four_with_every_term_on():
     """Every built-in term at once (the methods are subsets of these terms): the oracle's detection loss on
     the target, the source pass (BatchNorm statistics from it), both domain classifiers, MMD, CORAL and
-    entropy, with the EMA on. Parameters (classifiers included), statistics, the EMA and every metric agree."""
-    config = tiny_config(method='oracle', adaptation_losses=EVERY_LOSS, ema_decay=0.9, num_steps=10)
+    entropy, with the EMA and every Method hook on. Parameters (classifiers included), statistics, the
+    EMA, the aux state and every metric agree."""
+    config = tiny_config(method='test_hooks', ema_decay=0.9, num_steps=10)
     config.adaptation_hparams.update(NO_SCHEDULE)  # reversal coefficient 1 at step 0 (the schedule gives 0)
     batch = {'source': _batch(0), 'target': _batch(1)}
     state, one = _stepper(config, 1)
     (s1, m1), (s4, m4) = one(state, batch), _stepper(config, 4)[1](state, batch)
     _assert_trees((s1.params, s1.batch_stats, s1.aux), (s4.params, s4.batch_stats, s4.aux))
-    assert set(m1) == set(m4) >= {'detection_target', 'dann_image', 'dann_instance', 'mmd', 'coral', 'entropy'}
+    assert set(m1) == set(m4) >= {'detection_target', 'dann_image', 'dann_instance', 'mmd', 'coral', 'entropy',
+                                  'test_distill'}
     for k in m1:
         np.testing.assert_allclose(m1[k], m4[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    # the hooks: the batch transform ran first, the teacher (half the weights) is not the student, the
+    # after-update hook ran once, and the EMA moved 10 % of the way to the updated weights
+    np.testing.assert_allclose(m1['test_distill/image_mean'], 0.5 * batch['source']['image'].mean(), rtol=1e-5)
+    assert m1['test_distill'] > 0 and int(s1.aux['method']['updates']) == 1
+    _assert_trees(s1.aux['ema'], jax.tree.map(lambda a, b: 0.9 * a + 0.1 * b,
+                                              {'params': state.params['detector'], 'batch_stats': state.batch_stats},
+                                              {'params': s1.params['detector'], 'batch_stats': s1.batch_stats}))
     assert set(s1.params['adaptation']) == {'dann_image', 'dann_instance'}
     assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params['adaptation']),
                                                          jax.tree.leaves(s1.params['adaptation'])))
@@ -158,3 +190,20 @@ def test_bad_loss_lists_are_one_line_errors(spec, needle):
 def test_unknown_method_lists_the_choices():
     with pytest.raises(RegistryError, match='valid choices: source_only, oracle, dann, mmd, coral, entropy'):
         get_method('dan')
+
+
+def test_readme_loss_example_runs_and_is_short(tmp_path, monkeypatch):
+    """The README's new-loss example, imported as a user would (`my_losses:mean_gap`), against NumPy."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')).read()
+    code = next(block for block in readme.split('```python\n')[1:] if 'def mean_gap' in block).split('```')[0]
+    assert len(code.strip().splitlines()) < 20
+    (tmp_path / 'my_losses.py').write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (term,) = resolve_terms(get_method('oracle'), 'my_losses:mean_gap:0.5')[1:]
+    assert term.weight == 0.5 and term.domains == ('source', 'target')
+    rng = np.random.default_rng(4)
+    fs, ft = rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(5, 2, 2, 4))
+    value, metrics = term.value(_ctx(None, {'C4': jnp.asarray(fs)}, {'C4': jnp.asarray(ft)}))
+    gap = fs.mean((1, 2)).mean(0) - ft.mean((1, 2)).mean(0)
+    np.testing.assert_allclose(float(value), np.sum(gap ** 2), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics['gap_norm']), np.linalg.norm(gap), rtol=1e-5)

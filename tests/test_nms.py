@@ -179,3 +179,26 @@ def test_class_agnostic_and_batched_multiclass():
     single = multiclass_non_max_suppression(boxes[::-1], scores[::-1], 0.45, 10)
     np.testing.assert_array_equal(batch.boxes[1], single.boxes)
     np.testing.assert_array_equal(batch.num_valid[1], single.num_valid)
+
+
+def test_top_k_ties_signed_zeros_like_the_full_sort():
+    # pre_nms_top_k < N takes lax.top_k; it must order ties (0.0 and -0.0 included) as the stable sort does.
+    boxes, _ = random_case(11)
+    scores = np.tile(np.array([0.0, -0.0, 0.5, -0.0, 0.0, 0.5], np.float32), N // 6 + 1)[:N]
+    for top_k in (5, 40, N - 1):
+        got = non_max_suppression(boxes, scores, 0.99, N, score_threshold=-1.0, pre_nms_top_k=top_k)
+        _check(got, greedy_nms(boxes, scores, 0.99, N, -1.0, top_k), N)
+
+
+def test_runs_in_shard_map_with_vma_checks():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((4,), ("data",))
+    cases = [random_case(30 + b, n=40, kind="clusters") for b in range(4)]
+    boxes, scores = np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases])
+    scores = np.stack([scores, scores[:, ::-1]], -1)  # two classes
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))  # noqa: E731
+    per_image = lambda b, s: multiclass_non_max_suppression(b, s, 0.5, 10, 0.1, pre_nms_top_k=20)  # noqa: E731
+    sharded = jax.jit(jax.shard_map(jax.vmap(per_image), mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+    got, want = sharded(put(boxes), put(scores)), jax.vmap(per_image)(boxes, scores)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,6 +1,5 @@
 """experiments/translate.py on a folder and on a TFDS split (pixels equal the in-process translation),
 and one-line usage errors (exit status 2) of translate.py and train_unit.py."""
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import unit_tiny  # noqa: E402
 
 from adapt.methods import translation  # noqa: E402
 from adapt.models.unit import UNITConfig  # noqa: E402
+from adapt.runs import write_run  # noqa: E402
 from adapt.training import Checkpointer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +33,7 @@ def setup(tmp_path_factory):
     builder = unit_tiny.build_tiny(root / 'tfds')
     config = unit_tiny.config()
     workdir = root / 'workdir'
-    os.makedirs(workdir)
-    with open(workdir / 'config.json', 'w') as f:
-        json.dump(config.to_dict(), f)
+    write_run(str(workdir), 'unit', config)
     state = translation.init_state(config)
     ckpt = Checkpointer(str(workdir / 'checkpoints'))
     ckpt.save(3, state, {'step': 3})
@@ -109,7 +107,7 @@ def test_translate_rejects_missing_checkpoints(setup, tmp_path, checkpoints, ste
     root = setup[0]
     workdir = root / 'workdir' if checkpoints else tmp_path
     if not checkpoints:
-        (tmp_path / 'config.json').write_text((root / 'workdir' / 'config.json').read_text())
+        (tmp_path / 'run.json').write_text((root / 'workdir' / 'run.json').read_text())
     args = [f'--workdir={workdir}', f'--input_dir={root / "photos"}', f'--output_dir={tmp_path / "out"}']
     result = _run('experiments.translate', *args, *([f'--step={step}'] if step else []))
     lines = result.stderr.strip().splitlines()

@@ -16,7 +16,6 @@ import dataclasses
 from typing import Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import optax
 from jax import lax

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from adapt.models.backbones import get_backbone, preprocess
@@ -39,7 +40,8 @@ class FrozenFeatures:
 def random_features(name: str = 'resnet18', width: float = 0.25, levels: Sequence[str] = ('C3', 'C4'),
                     seed: int = 0, backbone_kwargs: dict | None = None) -> FrozenFeatures:
     module = get_backbone(name, width=width, **dict(backbone_kwargs or {}))
-    variables = module.init(jax.random.PRNGKey(seed), np.zeros((1, 64, 64, 3), np.float32), train=False)
+    init = jax.jit(lambda key: module.init(key, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False))
+    variables = init(jax.random.PRNGKey(seed))  # one program, not one compilation per layer
     variables = jax.tree.map(np.asarray, variables)
     return FrozenFeatures(name, module, {'params': variables['params'],
                                          'batch_stats': variables.get('batch_stats', {})},

@@ -27,8 +27,7 @@ def make_predict_fn(detector, mesh=None):
         outputs, _, _ = detector.apply(variables, images, train=False)
         return detector.postprocess(outputs)
     if mesh is not None:
-        # check_vma=False: adapt.nms's while_loop starts from device-invariant zeros (no gradients here).
-        predict = jax.shard_map(predict, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS), check_vma=False)
+        predict = jax.shard_map(predict, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
     return jax.jit(predict)
 
 

@@ -25,17 +25,15 @@ import numpy as np
 from jax import lax
 
 from adapt.anchors import ssd_default_boxes
-from adapt.boxes import clip_boxes, decode_boxes
 from adapt.losses.detection import ssd_loss
 from adapt.matching import assign_targets
 from adapt.models.backbones import BACKBONES, preprocess
 from adapt.models.detector import DETECTORS, Detector
 from adapt.models.layers import conv_init
-from adapt.nms import multiclass_non_max_suppression
+from adapt.postprocess import BOX_WEIGHTS, decode_and_nms
 from adapt.training.config import image_size as config_image_size
 
 HEADS = ('softmax', 'sigmoid')
-BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # the box coder's scale factors (torchvision SSD / Faster R-CNN)
 
 
 def level_ratios(aspect_ratios, num_levels):
@@ -177,13 +175,11 @@ def class_scores(cls_logits, head):
 def postprocess(outputs, anchors, head='softmax', score_threshold=0.01, iou_threshold=0.45, max_detections=100,
                 pre_nms_top_k=400, box_weights=BOX_WEIGHTS):
     """Batched outputs -> `adapt.nms.Detections` with [B, max_detections] boxes (clipped yxyx), scores,
-    0-based classes and num_valid [B]: decode against the anchors, then per-class NMS (torchvision SSD's
-    defaults: score 0.01, IoU 0.45; top `pre_nms_top_k` boxes per class)."""
-    boxes = clip_boxes(decode_boxes(outputs['box_codes'], anchors, box_weights))
-    scores = class_scores(outputs['cls_logits'], head)
-    nms = lambda b, s: multiclass_non_max_suppression(  # noqa: E731
-        b, s, iou_threshold, max_detections, score_threshold, pre_nms_top_k=pre_nms_top_k)
-    return jax.vmap(nms)(boxes, scores)
+    0-based classes and num_valid [B]: the top `pre_nms_top_k` anchors per class decoded, then exact
+    per-class greedy NMS (torchvision SSD's defaults: score 0.01, IoU 0.45); see adapt.postprocess."""
+    return decode_and_nms(outputs['box_codes'], anchors, class_scores(outputs['cls_logits'], head),
+                          box_weights=box_weights, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                          max_detections=max_detections, pre_nms_top_k=pre_nms_top_k)
 
 
 # ------------------------------------------------------------------------------------- the family

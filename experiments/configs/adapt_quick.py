@@ -4,7 +4,7 @@
     python -m experiments.adapt_detector --workdir=/tmp/dann --config.method=dann --config.init_run=/tmp/ssd_quick
 
 Labelled day (train_day) and unlabelled night (train_night) of daynight_synth/r128_small, batch 32 per
-domain, 500 steps at a tenth of the source run's peak learning rate; every method, source_only and
+domain, 300 steps at a tenth of the source run's peak learning rate; every method, source_only and
 oracle included, gets exactly this schedule and augmentation.
 """
 from experiments.configs import ssd_quick
@@ -13,7 +13,7 @@ from experiments.configs import ssd_quick
 def get_config():
     c = ssd_quick.get_config()
     c.method = 'dann'
-    c.num_steps = 500
+    c.num_steps = 300
     c.lr = 3e-4
     c.optimizer.warmup_steps = 20
     c.eval_every = 0                  # at the end only
