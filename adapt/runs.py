@@ -102,7 +102,7 @@ def load_run(workdir: str, kind: str | None = None, step: int | None = None) -> 
     directory = os.path.join(workdir, 'checkpoints')
     if not os.path.isdir(directory):
         raise RunError(f'no checkpoint in {directory}')
-    ckpt = Checkpointer(directory)
+    ckpt = Checkpointer(directory, read_only=True)
     try:
         steps = ckpt.all_steps()
         step = max(steps, default=None) if step is None else step

@@ -35,6 +35,10 @@ flags.DEFINE_integer('steps', 20, 'Timed iterations (after warm-up).')
 flags.DEFINE_integer('warmup', 3, 'Untimed iterations after compiling.')
 flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 2048 on CPU, 8192 elsewhere).')
 flags.DEFINE_string('json_out', None, 'Also write the results here as JSON.')
+flags.DEFINE_string('run', None, 'Also time a finished detector run\'s forward pass and post-processing on real '
+                    'images (its dataset, --split), and check its detections against the plain reference path.')
+flags.DEFINE_string('split', 'validation_night', 'Split of the run\'s dataset for --run.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory for --run (default: the run\'s).')
 
 
 def random_batch(batch_size, image_size, max_boxes, num_classes, seed=0):
@@ -149,6 +153,46 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     }
 
 
+def trained(workdir, split, batch_size, steps, warmup, data_dir=None):
+    """Forward pass and post-processing (ms/image) of a finished run on the first `batch_size` images of
+    `split`, and how many images get exactly the plain reference path's detections (decode every anchor,
+    clip, `adapt.nms.multiclass_non_max_suppression` per image)."""
+    import jax
+    import ml_collections
+    from adapt.boxes import clip_boxes, decode_boxes
+    from adapt.evaluation.detector_eval import eval_pipeline
+    from adapt.models.ssd import class_scores
+    from adapt.nms import multiclass_non_max_suppression
+    from adapt.runs import RunError, load_run
+    try:
+        run = load_run(workdir, 'detector')
+    except RunError as error:
+        common.usage_error(str(error))
+    config = ml_collections.ConfigDict({**run.config.to_dict(), 'eval_batch_size': batch_size, 'eval_examples': 0})
+    builder = common.check_dataset(config.dataset, data_dir or run.data_dir)
+    common.check_split(builder, split)
+    images = next(eval_pipeline(config, builder, f'{split}[:{batch_size}]'))['image']
+    detector, variables = run.detector(), run.variables()
+    forward = jax.jit(lambda v, x: detector.apply(v, x)[0])
+    post = jax.jit(detector.postprocess)
+    outputs = forward(variables, images)
+    forward_s = timed(lambda: jax.block_until_ready(forward(variables, images)), steps, warmup)
+    post_s = timed(lambda: jax.block_until_ready(post(outputs)), steps, warmup)
+    settings = detector.postprocess_settings
+    boxes = clip_boxes(decode_boxes(outputs['box_codes'], detector.anchors))
+    scores = class_scores(outputs['cls_logits'], detector.score_kind)
+    reference = jax.vmap(lambda b, c: multiclass_non_max_suppression(
+        b, c, settings['iou_threshold'], settings['max_detections'], settings['score_threshold'],
+        pre_nms_top_k=settings['pre_nms_top_k']))(boxes, scores)
+    fast, reference = jax.device_get(post(outputs)), jax.device_get(reference)
+    same = ((fast.num_valid == reference.num_valid) & (fast.classes == reference.classes).all(1)
+            & (fast.scores == reference.scores).all(1))
+    return {'run': workdir, 'split': split, 'images': len(images), 'forward_ms_per_image': forward_s * 1e3 / len(images),
+            'postprocess_ms_per_image': post_s * 1e3 / len(images), 'detections': int(fast.num_valid.sum()),
+            'images_identical_to_reference': int(same.sum()),
+            'max_box_difference': float(abs(fast.boxes - reference.boxes).max())}
+
+
 def table(r):
     rows = [
         ('device', f"{r['backend']} x{r['devices']} ({r['device_kind']})"),
@@ -189,6 +233,13 @@ def main(argv):
     common.check_method(config)
     result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
     print(table(result))
+    if FLAGS.run:
+        t = result['trained'] = trained(FLAGS.run, FLAGS.split, config.batch_size, FLAGS.steps, FLAGS.warmup,
+                                        FLAGS.data_dir)
+        print(f"trained run {t['run']} on {t['split']} ({t['images']} images): forward pass "
+              f"{t['forward_ms_per_image']:.2f} ms/image, post-processing {t['postprocess_ms_per_image']:.2f} "
+              f"ms/image; {t['detections']} detections, {t['images_identical_to_reference']}/{t['images']} images "
+              f"identical to the reference path (boxes within {t['max_box_difference']:.1e})")
     if FLAGS.json_out:
         with open(FLAGS.json_out, 'w') as f:
             json.dump(result, f, indent=1)

@@ -46,10 +46,10 @@ def test_user_loss_init_run_and_bit_identical_resume(tmp_path, env):
         return [f'--workdir={tmp_path / workdir}', f'--data_dir={env[1]}', *TINY, '--config.method=dann',
                 f'--config.init_run={source}', '--config.target_split=train_night',
                 f'--config.adaptation_losses=dann_image:0.1,dann_instance:0.1,user_losses:pull:{weight}', *extra]
-    whole = start(args('whole', 1.0), user_env, 'adapt_detector')
+    # one at a time first: the runs after it load its programs from the shared compilation cache
+    assert 'validation_day: mAP@0.5' in finish(start(args('whole', 1.0), user_env, 'adapt_detector'))[1]
     killed = start(args('killed', 1.0, '--kill_at_step=3'), user_env, 'adapt_detector')
     zero = start(args('zero', 0.0), user_env, 'adapt_detector')
-    assert 'validation_day: mAP@0.5' in finish(whole)[1]
     assert finish(killed, check=False)[0] == -9
     finish(zero)
     assert 'resumed from' in finish(start(args('killed', 1.0), user_env, 'adapt_detector'))[1]
@@ -66,7 +66,7 @@ def test_user_loss_init_run_and_bit_identical_resume(tmp_path, env):
     assert run['terms'] == {'detection_source': 1.0, 'dann_image': 0.1, 'dann_instance': 0.1,
                             'user_losses:pull': 1.0}
     log = [json.loads(line) for line in open(tmp_path / 'whole' / 'metrics.jsonl')]
-    assert any('train/user_losses:pull/gap' in row for row in log)
+    assert any('user_losses:pull/gap' in row for row in log if row['split'] == 'train')
     metrics = json.load(open(tmp_path / 'whole' / 'metrics.json'))
     assert metrics['method'] == 'dann' and metrics['evaluated'] == 'model'
     assert 0.0 <= metrics['splits']['validation_day']['AP50'] <= 1.0

@@ -24,7 +24,7 @@ EVERY_LOSS = 'dann_image:0.1,dann_instance:0.1,mmd:1.0,coral:1.0,entropy:0.1'
 def _distill(ctx):
     """Reads the teacher's outputs and the (transformed) source batch."""
     diff = ctx.source_outputs['cls_logits'] - ctx.teacher_outputs['source']['cls_logits']
-    return jnp.mean(diff ** 2), {'image_mean': jnp.mean(ctx.source['image'])}
+    return jnp.mean(diff ** 2), {'corner': jnp.mean(ctx.source['image'][:, 0, 0, 0])}
 
 
 def _count_update(state):
@@ -36,11 +36,12 @@ if 'test_hooks' not in METHODS:  # every hook of a Method at once, on top of eve
     adaptation_loss('test_distill')(_distill)
     register_method(Method(
         'test_hooks', 'labelled target, every loss, a teacher, aux state, an after-update hook, a batch transform',
-        supervised=('target',), losses=EVERY_LOSS + ',test_distill:1.0',
-        init_aux=lambda v: {'teacher': jax.tree.map(lambda x: 0.5 * x, v), 'updates': np.int32(0)},
+        supervised=('target',), losses=EVERY_LOSS + ',test_distill:0.1',
+        init_aux=lambda v: {'teacher': {**v, 'params': jax.tree.map(lambda x: 0.95 * x, v['params'])},
+                            'updates': np.int32(0)},
         teacher=lambda state: state.aux['method']['teacher'], after_update=_count_update,
         transform_batch=lambda batch, key: {**batch, 'source': {**batch['source'],
-                                                                'image': 0.5 * batch['source']['image']}}))
+                                                                'image': batch['source']['image'][:, :, ::-1]}}))
 NO_SCHEDULE = dict(dann_image=dict(level='', hidden=8, gamma=0.0), dann_instance=dict(hidden=8, gamma=0.0))
 
 
@@ -90,9 +91,9 @@ def test_one_device_equals_four_with_every_term_on():
                                   'test_distill'}
     for k in m1:
         np.testing.assert_allclose(m1[k], m4[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    # the hooks: the batch transform ran first, the teacher (half the weights) is not the student, the
+    # the hooks: the batch transform (a left-right flip) ran first, the teacher (0.95 x the weights) is not the student, the
     # after-update hook ran once, and the EMA moved 10 % of the way to the updated weights
-    np.testing.assert_allclose(m1['test_distill/image_mean'], 0.5 * batch['source']['image'].mean(), rtol=1e-5)
+    np.testing.assert_allclose(m1['test_distill/corner'], batch['source']['image'][:, 0, -1, 0].mean(), rtol=1e-6)
     assert m1['test_distill'] > 0 and int(s1.aux['method']['updates']) == 1
     _assert_trees(s1.aux['ema'], jax.tree.map(lambda a, b: 0.9 * a + 0.1 * b,
                                               {'params': state.params['detector'], 'batch_stats': state.batch_stats},

@@ -5,5 +5,6 @@ coral, entropy), step.py (the generic data-parallel step), trainer.py (state, da
 translation.py (UNIT).
 """
 from adapt.methods.base import METHODS, Method, StepContext, Term, get_method, register_method, resolve_terms
+from adapt.methods import builtin  # noqa: E402,F401  (registers the built-in methods first, in this order)
 
 __all__ = ["METHODS", "Method", "StepContext", "Term", "get_method", "register_method", "resolve_terms"]

@@ -108,7 +108,6 @@ def resolve_terms(method: Method, adaptation_losses: str = '', hparams=None) -> 
 
 
 def get_method(name: str) -> Method:
-    import adapt.methods.builtin  # noqa: F401  (registers the built-in methods)
     method = METHODS.get(name)
     if not isinstance(method, Method):
         raise RegistryError(f'method {name!r} is not an adapt.methods.Method')
