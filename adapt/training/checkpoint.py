@@ -38,8 +38,8 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 3, best_metric: str | None = None,
                  best_mode: str = "max", read_only: bool = False):
-        """`read_only`: for loading a finished run; creates, cleans up and writes nothing (no background
-        work that could outlive a short-lived reader)."""
+        """`read_only`: for loading a finished run; creates and cleans up nothing, and starts no background
+        work that could outlive a short-lived reader (orbax's own read_only option logs warnings)."""
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode {best_mode!r}: choose one of max, min")
         self.best_metric, self.best_mode = best_metric, best_mode
@@ -52,7 +52,7 @@ class Checkpointer:
         # best_fn also makes orbax write the metrics to disk, so the best survives a restart.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep_policies), best_fn=best_fn,
-            best_mode=best_mode, create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only,
+            best_mode=best_mode, create=not read_only, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=not read_only)
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                              item_names=("state", "meta"))
