@@ -34,7 +34,7 @@ def define_flags(default_preset):
 
 def resolve_config():
     """(config, source builder, target builder) with the flags applied and every choice validated."""
-    from adapt.methods.trainer import setup
+    from adapt.methods.trainer import eval_splits, setup
     from adapt.registry import RegistryError
     from adapt.training.config import optimizer_config
     config = FLAGS.config
@@ -59,10 +59,8 @@ def resolve_config():
         s = setup(config, source.info.features['objects']['label'].num_classes)
     except RegistryError as error:
         common.usage_error(str(error))
-    names = lambda text: [x.strip() for x in text.split(',') if x.strip()]  # noqa: E731
     wanted = [(source, config.train_split)] * ('source' in s.domains) + [(target, config.target_split)] * (
-        'target' in s.domains) + [(source, x) for x in names(config.eval_splits)] + [
-        (target, x) for x in names(config.target_eval_splits)]
+        'target' in s.domains) + [(b, split) for split, b in eval_splits(config, source, target).items()]
     for builder, split in wanted:
         if split.split('[')[0] not in builder.info.splits:
             common.prepare(builder)  # split names are known once the data exists
