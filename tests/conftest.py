@@ -3,7 +3,10 @@ import os
 import tempfile
 
 # Must happen before JAX initialises its backends, so sharded code runs on 4 CPU devices.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Tiny test programs run in milliseconds but compile in seconds: skipping LLVM's expensive optimisations
+# cuts the compile time by about a third (measured on the tiny detector's train step: 16 s -> 11 s).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 "
+                                   "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # One persistent XLA compilation cache for the session (this process and the scripts it starts): tests
@@ -22,3 +25,12 @@ def env(tmp_path_factory):
     one XLA compilation cache shared by every script run of the session."""
     from tests.script_runner import script_env
     return script_env(tmp_path_factory.mktemp('scripts'))
+
+
+@pytest.fixture(scope='session')
+def source_run(env, tmp_path_factory):
+    """(workdir, stdout) of one finished tiny source-only `train_detector` run, shared by the script tests
+    (resume, evaluate_detector, adapt_detector's init_run) so it is trained once per session."""
+    from tests.script_runner import TINY, finish, start
+    workdir = str(tmp_path_factory.mktemp('source_run') / 'run')
+    return workdir, finish(start([f'--workdir={workdir}', f'--data_dir={env[1]}', *TINY], env))[1]

@@ -7,14 +7,7 @@ import sys
 import orbax.checkpoint as ocp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [  # daynight_synth/tiny at 32 px, a width-0.125 ResNet-18, 4 steps
-        '--dataset=daynight_synth/tiny', '--eval_splits=validation_day', '--config.image_size=32',
-        '--config.batch_size=4', '--config.eval_batch_size=4', '--config.num_steps=4',
-        '--config.ssd.model.width=0.125', "--config.ssd.model.levels=('C3','C4')",
-        '--config.ssd.model.extra_channels=(16,)', '--config.ssd.model.aspect_ratios=((2.0,),(2.0,),(2.0,))',
-        '--config.ssd.model.instance_dim=8', '--config.checkpoint_every=2',
-        '--config.log_every=2', '--config.num_draw=2', '--config.tensorboard=False',
-        '--config.optimizer.warmup_steps=1', '--config.max_boxes=8']
+TINY = ['--config=tests/tiny_config.py']  # daynight_synth/tiny at 32 px, a width-0.125 ResNet-10, 4 steps
 
 
 def script_env(root):

@@ -136,6 +136,7 @@ def test_backbone_features_from_a_detector_workdir(tmp_path):
     from tests.tiny_config import tiny_config
     saved = random_features('resnet18', 0.125, levels=('C3', 'C4'), seed=3)
     config = tiny_config()
+    config.ssd.model.backbone_kwargs = {}  # the standard ResNet-18 of random_features
     detector = build_detector(config, 3)
     shapes = jax.eval_shape(detector.init, jax.random.key(0))  # the layout, without compiling init
     variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
