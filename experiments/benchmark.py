@@ -91,7 +91,6 @@ def peak_memory():
 def run(config, num_classes, steps, warmup, matmul_size=0):
     """All the figures as a dict (see the module docstring)."""
     import jax
-    from adapt.methods.step import make_step
     from adapt.methods.trainer import init_state, setup
     from adapt.models.inference import make_predict_fn
     from adapt.training import data_parallel, make_mesh, replicate, shard_batch
@@ -105,7 +104,7 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     batch = shard_batch({'source': one(0), 'target': one(1)}, mesh)
     params = sum(x.size for x in jax.tree.leaves(state.params['detector']))
 
-    step = data_parallel(make_step(detector, s.method, s.terms, config.num_steps, config.ema_decay), mesh)
+    step = data_parallel(s.step(config), mesh)
     t0 = time.perf_counter()
     train_compiled = step.lower(state, batch).compile()
     train_compile = time.perf_counter() - t0

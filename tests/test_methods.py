@@ -11,7 +11,6 @@ import pytest
 from adapt.datasets.two_domain import ZipIterator
 from adapt.losses.adaptation import adaptation_loss, coral_loss, dann_image, entropy, mmd
 from adapt.methods.base import METHODS, Method, get_method, register_method, resolve_terms
-from adapt.methods.step import make_step
 from adapt.methods.trainer import init_state, setup
 from adapt.registry import RegistryError
 from adapt.training import data_parallel, make_mesh, replicate, shard_batch, to_host
@@ -59,7 +58,7 @@ def _stepper(config, devices):
     """(initial state, step(state, batch) -> (host state, host metrics)) on `devices` devices."""
     s = setup(config, 3)
     mesh = make_mesh(devices)
-    step = data_parallel(make_step(s.detector, s.method, s.terms, config.num_steps, config.ema_decay), mesh,
+    step = data_parallel(s.step(config), mesh,
                          donate=False)
 
     def run(state, batch):

@@ -6,14 +6,22 @@ forward passes, computed only when an active term (weight != 0) reads that domai
 are updated from the source pass (from the target pass when the method reads no source), a documented
 choice: domain-specific statistics would be a method of their own. Terms of weight 0 are not computed, so
 a method with every adaptation weight 0 takes exactly the source-only step.
+
+Views: a domain's batch may carry a strong view `image_strong` (strong augmentation of the same crop);
+the trained model then sees it, and a teacher sees the weak view `image`. Freezing: parameters matching a
+`frozen` pattern (the optimizer's param_groups of multiplier 0, matched on 'detector/...' paths) get no
+update, and their BatchNorm statistics (same paths) are kept too, so a frozen stage stays bit-identical.
 """
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from adapt.methods.base import DOMAINS, StepContext
+from adapt.training.optim import param_path
 from adapt.training.parallel import AXIS, mean_value_and_grad
 
 
@@ -22,12 +30,29 @@ def active_domains(terms) -> tuple:
     return tuple(d for d in DOMAINS if any(t.weight != 0 and d in t.domains for t in terms))
 
 
+def keep_frozen_stats(old, new, frozen=()):
+    """`new` BatchNorm statistics, except `old` where 'detector/<path>' matches a frozen pattern."""
+    if not frozen:
+        return new
+
+    def pick(path, o, n):
+        name = 'detector/' + param_path(path)
+        return o if any(re.search(p, name) for p in frozen) else n
+    return jax.tree_util.tree_map_with_path(pick, old, new)
+
+
+def view(batch, strong):
+    """The image a pass sees: the strong view when asked for and present, else `image`."""
+    return batch['image_strong'] if strong and 'image_strong' in batch else batch['image']
+
+
 def ema_update(ema, variables, decay):
     """ema <- decay * ema + (1 - decay) * variables (BatchNorm statistics included)."""
     return jax.tree.map(lambda e, v: decay * e + (1.0 - decay) * v, ema, variables)
 
 
-def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, axis_name: str = AXIS):
+def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, axis_name: str = AXIS,
+              frozen=()):
     """`step(state, batch, key) -> (state, metrics)`; batch {'source': ..., 'target': ...} (domains the
     method does not read may be absent). Metrics: 'loss' (the weighted total), every term's (unweighted)
     value under its name and its own metrics under '<name>/'."""
@@ -48,12 +73,12 @@ def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, a
                               key=key, aux=state.aux.get('method'), axis_name=axis_name)
             new_stats = None
             for domain in domains:
-                outputs, features, stats = detector.apply(variables, batch[domain]['image'], train=True)
+                outputs, features, stats = detector.apply(variables, view(batch[domain], True), train=True)
                 setattr(ctx, f'{domain}_outputs', outputs)
                 setattr(ctx, f'{domain}_features', features)
                 new_stats = stats if new_stats is None else new_stats  # the first pass: source if read
                 if teacher_vars is not None:
-                    t_out, t_feat, _ = detector.apply(lax.stop_gradient(teacher_vars), batch[domain]['image'])
+                    t_out, t_feat, _ = detector.apply(lax.stop_gradient(teacher_vars), view(batch[domain], False))
                     ctx.teacher_outputs[domain], ctx.teacher_features[domain] = t_out, t_feat
             total, metrics = 0.0, {}
             for term in active:
@@ -65,7 +90,7 @@ def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, a
             return total, (metrics, new_stats)
 
         (_, (metrics, stats)), grads = mean_value_and_grad(loss_fn, has_aux=True, axis_name=axis_name)(state.params)
-        state = state.apply_gradients(grads, batch_stats=stats)
+        state = state.apply_gradients(grads, batch_stats=keep_frozen_stats(state.batch_stats, stats, frozen))
         if 'ema' in state.aux:
             current = {'params': state.params['detector'], 'batch_stats': state.batch_stats}
             state = state.replace(aux={**state.aux, 'ema': ema_update(state.aux['ema'], current, ema_decay)})

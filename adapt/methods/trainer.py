@@ -24,7 +24,7 @@ from adapt.methods.step import active_domains, make_step
 from adapt.models.detector import build_detector
 from adapt.runs import load_run, write_run
 from adapt.training import TrainState, make_mesh, train_loop
-from adapt.training.config import image_size, loop_config, optimizer
+from adapt.training.config import image_size, loop_config, optimizer, optimizer_config
 from adapt.training.metrics_log import MetricsWriter
 
 
@@ -35,16 +35,24 @@ class Setup:
     method: object
     terms: list
 
+    frozen: tuple = ()
+
     @property
     def domains(self):
         return active_domains(self.terms)
+
+    def step(self, config):
+        """The generic train step of this setup (run it with adapt.training.data_parallel)."""
+        return make_step(self.detector, self.method, self.terms, config.num_steps, config.ema_decay,
+                         frozen=self.frozen)
 
 
 def setup(config, num_classes) -> Setup:
     """Detector, method and terms of a config; RegistryError (one line) for a bad name or loss list."""
     method = get_method(config.method)
     terms = resolve_terms(method, config.adaptation_losses, config.adaptation_hparams.to_dict())
-    return Setup(build_detector(config, num_classes), method, terms)
+    frozen = tuple(str(p) for p, m in optimizer_config(config).param_groups if float(m) == 0.0)
+    return Setup(build_detector(config, num_classes), method, terms, frozen)
 
 
 def _check_same_tree(what, fresh, loaded):
@@ -137,9 +145,7 @@ def train(config, source_builder, target_builder=None, workdir='', *, data_dir=N
     loop = loop_config(config, print_fn)
     data = data_iterator(config, s, source_builder, target_builder)
     try:
-        state = train_loop(init_state(config, s), make_step(s.detector, s.method, s.terms, config.num_steps,
-                                                            config.ema_decay),
-                           data, config.num_steps, workdir, loop, mesh=mesh, eval_fn=evaluator,
+        state = train_loop(init_state(config, s), s.step(config), data, config.num_steps, workdir, loop, mesh=mesh, eval_fn=evaluator,
                            image_fn=evaluator.images if loop.image_every else None,
                            meta={'method': s.method.name, 'detector': config.detector}, on_step=on_step)
     finally:
