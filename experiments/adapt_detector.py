@@ -6,7 +6,12 @@ labelled) target data, on the generic data-parallel step.
     python -m experiments.adapt_detector --workdir=/tmp/mine --config.method=source_only \
         --config.adaptation_losses='my_losses:sliced_wasserstein:0.5,coral:1.0'
 
---config.method: source_only | oracle | dann | mmd | coral | entropy (adapt.methods.METHODS).
+--config.method: source_only | oracle | dann | mmd | coral | entropy | mean_teacher | ... (adapt.methods.METHODS);
+mean_teacher's settings: --config.mean_teacher.{decay,threshold,box_regression}; its teacher and student
+are both evaluated (lines and metrics.json labels 'teacher/<split>', 'student/<split>').
+--config.strong_augment.domains=source,target: the trained model sees strong views there too.
+fine_tune / feature_extract: --config.fine_tune.{num_labelled,seed,keep_source,freeze,reinit} (N labelled
+target images, their ids in run.json; feature_extract freezes the backbone under a fresh head).
 --config.adaptation_losses: NAME:WEIGHT pairs replacing the method's defaults; NAME is a registered loss
 (dann_image, dann_instance, mmd, coral, entropy) or package.module:function. Hyper-parameters:
 --config.adaptation_hparams.<loss>.<name>=... --config.init_run starts from a finished run's weights

@@ -34,7 +34,7 @@ def define_flags(default_preset):
 
 def resolve_config():
     """(config, source builder, target builder) with the flags applied and every choice validated."""
-    from adapt.methods.trainer import eval_splits, setup
+    from adapt.methods.trainer import eval_splits, setup, train_data
     from adapt.registry import RegistryError
     from adapt.training.config import optimizer_config
     config = FLAGS.config
@@ -57,7 +57,7 @@ def resolve_config():
         config.target_dataset, FLAGS.data_dir)
     try:
         s = setup(config, source.info.features['objects']['label'].num_classes)
-    except RegistryError as error:
+    except (RegistryError, ValueError) as error:
         common.usage_error(str(error))
     wanted = [(source, config.train_split)] * ('source' in s.domains) + [(target, config.target_split)] * (
         'target' in s.domains) + [(b, split) for split, b in eval_splits(config, source, target).items()]
@@ -65,6 +65,10 @@ def resolve_config():
         if split.split('[')[0] not in builder.info.splits:
             common.prepare(builder)  # split names are known once the data exists
             common.check_split(builder, split)
+    try:
+        train_data(config, s, source, target)  # the method's choice of training examples (fine_tune's N)
+    except ValueError as error:
+        common.usage_error(str(error))
     return config, source, target
 
 

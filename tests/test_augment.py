@@ -150,3 +150,43 @@ def test_config_validation():
         aug.AugmentConfig(box_keep="corner")
     with pytest.raises(ValueError, match="hue"):
         aug.AugmentConfig(hue=0.7)
+
+
+def _np_blur(image, sigma, radius):
+    """Separable Gaussian blur with symmetric padding, in float64."""
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    padded = np.pad(image.astype(np.float64), ((radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+    rows = sum(t * padded[i:i + image.shape[0]] for i, t in enumerate(taps))
+    return sum(t * rows[:, i:i + image.shape[1]] for i, t in enumerate(taps))
+
+
+def test_gaussian_blur_matches_numpy():
+    image = _rng_image(9, 12, seed=5)
+    got = aug.gaussian_blur(tf.constant(image), tf.constant(1.3), 4).numpy()
+    np.testing.assert_allclose(got, _np_blur(image, 1.3, 4), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_erase_fills_one_rectangle_of_the_drawn_size(seed):
+    image = _rng_image(40, 50, seed=6)
+    out = aug.random_erase(tf.constant(image), tf.constant([seed, 7]), 1.0, 0.05, 0.2, 0.3, 3.3).numpy()
+    ys, xs = np.nonzero(np.any(out != image, axis=-1))
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    inside = np.zeros(image.shape[:2], bool)
+    inside[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    np.testing.assert_array_equal(out[~inside], image[~inside])  # one rectangle changed, nothing else
+    assert 0.05 * 2000 - 50 <= h * w <= 0.2 * 2000 + 50 and 0.3 / 1.5 <= h / w <= 3.3 * 1.5  # (pixel rounding)
+    assert out.min() >= 0 and out.max() <= 1
+    never = aug.random_erase(tf.constant(image), tf.constant([seed, 7]), 0.0, 0.05, 0.2, 0.3, 3.3).numpy()
+    np.testing.assert_array_equal(never, image)
+
+
+def test_strong_view_is_seeded_and_in_range():
+    image = _rng_image(32, 32, seed=8)
+    cfg = aug.StrongAugmentConfig()
+    views = [aug.strong_view(tf.constant(image), tf.constant([s, 1]), cfg).numpy() for s in range(4)]
+    np.testing.assert_array_equal(views[1], aug.strong_view(tf.constant(image), tf.constant([1, 1]), cfg).numpy())
+    assert all(0 <= v.min() and v.max() <= 1 for v in views) and not np.array_equal(views[0], views[1])
+    with pytest.raises(ValueError, match="erasing entry"):
+        aug.StrongAugmentConfig(erasing=((0.5, 0.3, 0.2, 1.0, 2.0),))

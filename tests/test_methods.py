@@ -17,7 +17,7 @@ from adapt.training import data_parallel, make_mesh, replicate, shard_batch, to_
 from tests.test_alignment import ref_coral, ref_mmd
 from tests.tiny_config import tiny_config
 
-EVERY_LOSS = 'dann_image:0.1,dann_instance:0.1,mmd:1.0,coral:1.0,entropy:0.1'
+EVERY_LOSS = 'dann_image:0.1,dann_instance:0.1,mmd:1.0,coral:1.0,entropy:0.1,lwf:1.0'
 
 
 def _distill(ctx):
@@ -77,8 +77,8 @@ def _assert_trees(a, b, exact=False):
 
 def test_one_device_equals_four_with_every_term_on():
     """Every built-in term at once (the methods are subsets of these terms): the oracle's detection loss on
-    the target, the source pass (BatchNorm statistics from it), both domain classifiers, MMD, CORAL and
-    entropy, with the EMA and every Method hook on. Parameters (classifiers included), statistics, the
+    the target, the source pass (BatchNorm statistics from it), both domain classifiers, MMD, CORAL,
+    entropy and LwF's distillation, with the EMA and every Method hook on. Parameters (classifiers included), statistics, the
     EMA, the aux state and every metric agree."""
     config = tiny_config(method='test_hooks', ema_decay=0.9, num_steps=10)
     config.adaptation_hparams.update(NO_SCHEDULE)  # reversal coefficient 1 at step 0 (the schedule gives 0)
@@ -87,7 +87,7 @@ def test_one_device_equals_four_with_every_term_on():
     (s1, m1), (s4, m4) = one(state, batch), _stepper(config, 4)[1](state, batch)
     _assert_trees((s1.params, s1.batch_stats, s1.aux), (s4.params, s4.batch_stats, s4.aux))
     assert set(m1) == set(m4) >= {'detection_target', 'dann_image', 'dann_instance', 'mmd', 'coral', 'entropy',
-                                  'test_distill'}
+                                  'lwf', 'test_distill'}
     for k in m1:
         np.testing.assert_allclose(m1[k], m4[k], rtol=1e-4, atol=1e-6, err_msg=k)
     # the hooks: the batch transform (a left-right flip) ran first, the teacher (0.95 x the weights) is not the student, the

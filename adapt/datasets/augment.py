@@ -5,6 +5,7 @@ Images are float32 [H, W, 3] in [0, 1]; boxes are float32 [N, 4] normalised yxyx
 seeds the pipeline derives from (seed, epoch, example index).
 """
 import dataclasses
+import math
 from typing import Optional, Tuple
 
 import tensorflow as tf
@@ -198,3 +199,96 @@ def pad_to_canvas(image, top, left, target_h: int, target_w: int, pad_value: flo
     paddings = [[top, target_h - shape[0] - top], [left, target_w - shape[1] - left], [0, 0]]
     image = tf.pad(image, paddings, constant_values=pad_value)
     return tf.ensure_shape(image, [target_h, target_w, 3])
+
+
+# ------------------------------------------------------------------------------------ strong view
+@dataclasses.dataclass(frozen=True)
+class StrongAugmentConfig:
+    """The strong view of self-training (Unbiased / Adaptive Teacher's torchvision recipe), photometric only
+    and drawn on the weak view's pixels, so both views keep one geometry (the same boxes).
+
+    With `jitter_prob`: colour jitter as torchvision's ColorJitter in a fixed order: brightness x U(1-b, 1+b),
+    then contrast, saturation and hue as AugmentConfig's. With `greyscale_prob`: greyscale. With `blur_prob`: a
+    Gaussian blur, sigma ~ U(blur_sigma) pixels. Then every `erasing` entry (p, min_area, max_area,
+    min_aspect, max_aspect) is torchvision's RandomErasing(p, scale, ratio, value='random'): up to 10 draws of
+    an area fraction and a height/width aspect (log-uniform); the first that fits is filled with U(0, 1) noise.
+    """
+
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    greyscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    erasing: Tuple[Tuple[float, float, float, float, float], ...] = (
+        (0.7, 0.05, 0.2, 0.3, 3.3), (0.5, 0.02, 0.2, 0.1, 6.0), (0.3, 0.02, 0.2, 0.05, 8.0))
+
+    def __post_init__(self):
+        if not (0.0 <= min(self.brightness, self.contrast, self.saturation) <= max(
+                self.brightness, self.contrast, self.saturation) <= 1.0 and 0.0 <= self.hue <= 0.5):
+            raise ValueError("strong brightness, contrast and saturation must lie in [0, 1], hue in [0, 0.5]")
+        probs = [self.jitter_prob, self.greyscale_prob, self.blur_prob] + [e[0] for e in self.erasing]
+        if any(not 0.0 <= p <= 1.0 for p in probs):
+            raise ValueError(f"strong augmentation probabilities {probs} must lie in [0, 1]")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma={self.blur_sigma} must satisfy 0 < lo <= hi")
+        for e in self.erasing:
+            if len(e) != 5 or not (0.0 < e[1] <= e[2] <= 1.0 and 0.0 < e[3] <= e[4]):
+                raise ValueError(f"erasing entry {e} must be (p, min_area, max_area, min_aspect, max_aspect) "
+                                 "with 0 < min_area <= max_area <= 1 and 0 < min_aspect <= max_aspect")
+
+
+def greyscale(image):
+    """ITU-R 601 luma (tf.image.rgb_to_grayscale) in all three channels."""
+    return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+
+
+def gaussian_blur(image, sigma, radius: int):
+    """Separable Gaussian blur of [H, W, 3] with a (2 radius + 1)-tap kernel, symmetric padding."""
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    taps = tf.exp(-0.5 * tf.square(x / sigma))
+    taps /= tf.reduce_sum(taps)
+    padded = tf.pad(image, [[radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")[None]
+    rows = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, 3, 1])
+    out = tf.nn.depthwise_conv2d(padded, rows, [1, 1, 1, 1], "VALID")
+    out = tf.nn.depthwise_conv2d(out, tf.reshape(rows, [1, -1, 3, 1]), [1, 1, 1, 1], "VALID")
+    return out[0]
+
+
+def random_erase(image, seed, prob, min_area, max_area, min_aspect, max_aspect, trials: int = 10):
+    """torchvision's RandomErasing(prob, (min_area, max_area), (min_aspect, max_aspect), value='random')."""
+    coin_seed, box_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    u = tf.random.stateless_uniform([trials, 4], box_seed)
+    area = (min_area + (max_area - min_area) * u[:, 0]) * h * w
+    log_lo, log_hi = math.log(min_aspect), math.log(max_aspect)
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    eh, ew = tf.round(tf.sqrt(area * aspect)), tf.round(tf.sqrt(area / aspect))
+    fits = (eh >= 1.0) & (ew >= 1.0) & (eh < h) & (ew < w)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    eh, ew = eh[first], ew[first]
+    top, left = tf.floor(u[first, 2] * (h - eh + 1.0)), tf.floor(u[first, 3] * (w - ew + 1.0))
+    on = (tf.random.stateless_uniform([], coin_seed) < prob) & tf.reduce_any(fits)
+    ys, xs = tf.range(h)[:, None], tf.range(w)[None, :]
+    inside = (ys >= top) & (ys < top + eh) & (xs >= left) & (xs < left + ew) & on
+    return tf.where(inside[..., None], tf.random.stateless_uniform(shape, noise_seed), image)
+
+
+def strong_view(image, seed, cfg: StrongAugmentConfig):
+    """The strong view of a weak-view image [H, W, 3] in [0, 1] (see StrongAugmentConfig)."""
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 3 + len(cfg.erasing)))
+    coins = tf.random.stateless_uniform([3], seeds[0])
+    factors = jitter_factors(seeds[1], cfg)
+    jitter = lambda: adjust_colour(tf.clip_by_value(image * (1.0 + factors[0]), 0.0, 1.0),  # noqa: E731
+                                   tf.concat([[0.0], factors[1:]], 0))
+    image = tf.cond(coins[0] < cfg.jitter_prob, jitter, lambda: image)
+    image = tf.cond(coins[1] < cfg.greyscale_prob, lambda: greyscale(image), lambda: image)
+    lo, hi = cfg.blur_sigma
+    sigma = lo + (hi - lo) * tf.random.stateless_uniform([], seeds[2])
+    image = tf.cond(coins[2] < cfg.blur_prob, lambda: gaussian_blur(image, sigma, math.ceil(3 * hi)), lambda: image)
+    for entry, erase_seed in zip(cfg.erasing, seeds[3:]):
+        image = random_erase(image, erase_seed, *entry)
+    return image

@@ -10,7 +10,7 @@ to the same example. Batches (NumPy):
   image_id int64 [L] (`image/id` if the dataset has it, else the source index); index int64 [L] (source
   index); original_size int32 [L, 2] (decoded height, width); window float32 [L, 4] (where the image lies on
   the canvas, see `boxes_to_original`); difficult / crowd bool [L, M] when the dataset has
-  objects/is_difficult / objects/is_crowd.
+  objects/is_difficult / objects/is_crowd; image_strong float32 [L, H, W, 3] with `strong_augment` (training).
 Objects beyond `max_boxes` are dropped in dataset order (the first `max_boxes` kept) and counted.
 Unreadable examples (image decode errors) are dropped by `ignore_errors`, counted from the gaps they leave in
 g (`num_unreadable`) and reported with a warning. In eval mode their rows stay `valid=False`, so every
@@ -79,8 +79,10 @@ def pad_objects(boxes, per_object: dict, max_boxes: int) -> dict:
 
 
 def prepare_example(example: dict, seed, *, image_size: Tuple[int, int], max_boxes: int,
-                    augment: Optional[aug.AugmentConfig] = None, letterbox: bool = False, pad_value: float = 0.5):
-    """One selected example (keys of `select_features`) -> fixed-shape tensors; augment=None for eval."""
+                    augment: Optional[aug.AugmentConfig] = None, letterbox: bool = False, pad_value: float = 0.5,
+                    strong: Optional[aug.StrongAugmentConfig] = None):
+    """One selected example (keys of `select_features`) -> fixed-shape tensors; augment=None for eval.
+    With `strong`, also `image_strong`: the strong view of `image` (same geometry, its own seed)."""
     target_h, target_w = image_size
     image = _decode(example["image"])
     original_size = tf.shape(image)[:2]
@@ -106,6 +108,8 @@ def prepare_example(example: dict, seed, *, image_size: Tuple[int, int], max_box
                original_size=original_size,
                window=aug.place_boxes(tf.constant([0.0, 0.0, 1.0, 1.0]), nh, nw, top, left, target_h, target_w),
                _num_objects=tf.shape(boxes)[0])
+    if strong is not None:
+        out["image_strong"] = aug.strong_view(out["image"], tf.random.experimental.stateless_fold_in(seed, 3), strong)
     return out
 
 
@@ -181,15 +185,17 @@ class DetectionPipeline:
 
     source: TFDS name or builder (with `split`, optional `data_dir`), or a tf.data.Dataset of TFDS-style
     examples (image as encoded bytes or uint8). train=True: shuffled per epoch, augmented, full batches only,
-    endless. train=False: source order, no augmentation, one pass of ceil(N / G) batches with padding rows
-    marked `valid=False`. The TF global seed (tf.random.set_seed) also enters tf.data's shuffle: leave it
-    unset or fixed. `shuffle_buffer >= N` gives a full permutation per epoch.
+    endless; with `strong_augment`, batches also carry `image_strong` (see `prepare_example`). train=False:
+    source order, no augmentation, one pass of ceil(N / G) batches with padding rows marked `valid=False`.
+    The TF global seed (tf.random.set_seed) also enters tf.data's shuffle: leave it unset or fixed.
+    `shuffle_buffer >= N` gives a full permutation per epoch.
     """
 
     def __init__(self, source: Union[str, tfds.core.DatasetBuilder, tf.data.Dataset], *, global_batch_size: int,
                  image_size: Tuple[int, int], split: Optional[str] = None, data_dir: Optional[str] = None,
                  max_boxes: int = 100, train: bool = True, seed: int = 0,
-                 augment: Optional[aug.AugmentConfig] = aug.AugmentConfig(), letterbox: bool = False,
+                 augment: Optional[aug.AugmentConfig] = aug.AugmentConfig(),
+                 strong_augment: Optional[aug.StrongAugmentConfig] = None, letterbox: bool = False,
                  pad_value: float = 0.5, shuffle_buffer: int = 1024, prefetch: int = 2,
                  process_index: Optional[int] = None, process_count: Optional[int] = None,
                  local_device_count: Optional[int] = None, start_position: Optional[dict] = None):
@@ -216,7 +222,8 @@ class DetectionPipeline:
         # Positions read per epoch: train drops the last partial *global* batch in every process alike.
         self._read = min(self.num_examples, self.steps_per_epoch * global_batch_size)
         self._prepare_kwargs = dict(image_size=tuple(image_size), max_boxes=max_boxes, letterbox=letterbox,
-                                    pad_value=pad_value, augment=augment if train else None)
+                                    pad_value=pad_value, augment=augment if train else None,
+                                    strong=strong_augment if train else None)
         self._source = ds.map(_plain(self._select)).enumerate()
         self._prepare_row = tf.function(self._row, autograph=False)
         self.num_unreadable = self.num_truncated = 0

@@ -3,7 +3,8 @@
 `Evaluator` runs any detector of the `adapt.models.detector` interface over evaluation splits (data
 parallel over a mesh) and serves both training (as `train_loop`'s eval_fn / image_fn) and
 experiments/evaluate_detector.py. `variables_fn(state)` says which weights are evaluated (the EMA when a
-run keeps one).
+run keeps one); a dict {model name: variables_fn} evaluates several (a student and its teacher), and each
+result is then labelled '<model>/<split>' (metric names, metrics.json, file names, drawn images).
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def class_names(builder) -> tuple:
 
 
 def file_tag(split: str) -> str:
-    """A split name (maybe sliced: 'validation_day[:100]') as a file-name part."""
-    return split.replace('[', '_').replace(']', '').replace(':', '-')
+    """A split name (maybe sliced: 'validation_day[:100]', maybe with its model: 'teacher/...') as a
+    file-name part."""
+    return split.replace('[', '_').replace(']', '').replace(':', '-').replace('/', '_')
 
 
 def eval_pipeline(config, builder, split):
@@ -61,8 +63,10 @@ class Evaluator:
         self.names = class_names(next(iter(self.splits.values())))
         self.mesh = mesh or make_mesh()
         self.predict = make_predict_fn(detector, self.mesh)
-        self.variables_fn = variables_fn
-        self.results = {}  # split -> (metrics, predictions, coco gt, coco results)
+        models = variables_fn if isinstance(variables_fn, dict) else {'': variables_fn}
+        self.models = {f'{name}/' if len(models) > 1 else '': fn for name, fn in models.items()}  # label prefix
+        self.variables_fn = next(iter(models.values()))  # the first model's: what a method predicts with
+        self.results = {}  # label -> (metrics, predictions, coco gt, coco results)
         self.step = self.drawn_step = None
 
     def evaluate(self, variables, split, keep_images=0):
@@ -73,10 +77,13 @@ class Evaluator:
         return metrics, pred, gt, results
 
     def __call__(self, state, step):
-        """train_loop's eval_fn: {'<split>/<metric>': value} for AP, AP50, AP75 and VOC mAP."""
+        """train_loop's eval_fn: {'<label>/<metric>': value} for AP, AP50, AP75 and VOC mAP."""
         if self.step != step:
-            variables = self.variables_fn(state)
-            self.results = {s: self.evaluate(variables, s, self.config.num_draw) for s in self.splits}
+            self.results = {}
+            for prefix, variables_fn in self.models.items():
+                variables = variables_fn(state)
+                self.results.update({prefix + s: self.evaluate(variables, s, self.config.num_draw)
+                                     for s in self.splits})
             self.step = step
         return {f'{s}/{k}': v for s, (m, *_) in self.results.items() for k, v in m.items()
                 if k in SUMMARY_KEYS and math.isfinite(v)}

@@ -22,6 +22,7 @@ from jax import lax
 
 from adapt.losses.alignment import (coral, gaussian_mmd, gradient_reversal, grl_coefficient,
                                     sigmoid_entropy, softmax_entropy)
+from adapt.losses.distillation import box_l2, sigmoid_kl, softmax_kl
 from adapt.registry import Registry
 
 ADAPTATION_LOSSES = Registry('adaptation loss')
@@ -176,3 +177,15 @@ def entropy(ctx):
     return global_mean(per_instance, features['instance_mask'], ctx.axis_name), {}
 
 
+
+
+@adaptation_loss('lwf', domains=('target',))
+def lwf(ctx, *, temperature=2.0, box_weight=1.0):
+    """Learning without Forgetting: the frozen source model's (the method's teacher's) outputs on the target
+    training images, distilled into the adapted model: softened class probabilities (KL at `temperature`)
+    plus `box_weight` x the squared L2 of the box outputs, averaged over the anchors of the global batch."""
+    student, teacher = ctx.target_outputs, ctx.teacher_outputs['target']
+    kl = softmax_kl if ctx.detector.score_kind == 'softmax' else sigmoid_kl
+    cls = global_mean(kl(student['cls_logits'], teacher['cls_logits'], temperature), axis_name=ctx.axis_name)
+    box = global_mean(box_l2(student['box_codes'], teacher['box_codes']), axis_name=ctx.axis_name)
+    return cls + box_weight * box, {'cls_kl': cls, 'box_l2': box}

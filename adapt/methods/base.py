@@ -10,6 +10,24 @@
   transform_batch(batch, key) -> batch: runs first in every step (e.g. strong augmentation of a view).
   teacher(state) -> variables: a model whose outputs (no gradient) the context carries as
     `ctx.teacher_outputs[domain]` and `ctx.teacher_features[domain]`.
+  pseudo_labels: the target labels the step sees are the model's own detections (the method supervises
+    'target' without using true target labels).
+  fit(run) -> state: the method schedules its own training (e.g. rounds) from an
+    `adapt.methods.trainer.TrainRun`; default: one loop of num_steps.
+  configure(config) -> Method: the method with the settings of its config block bound into its hooks and
+    `hparams`; raises ValueError (one line) for bad settings.
+  hparams: {loss name: {hparam: value}}, defaults of its losses' hyper-parameters under
+    `config.adaptation_hparams`.
+  strong_views: the domains whose batches carry a strong view `image_strong` for this method (besides the
+    config's `strong_augment.domains`); the trained model sees it, a teacher the weak view `image`.
+  evaluate_teacher: the teacher is a trained model of its own (an EMA teacher): evaluated beside the student.
+  param_groups: (regex, lr multiplier) pairs on the optimizer's parameter paths ('detector/...'), placed
+    before the config's own (first match wins); multiplier 0 freezes the parameters and their BatchNorm
+    statistics.
+  reinit: regex of 'detector/...' variable paths freshly initialised instead of taken from init_run /
+    init_from (a new head); '' = none.
+  target_data(builder, split) -> TrainData: the target training examples it selects (e.g. N labelled
+    images) instead of the whole `target_split`.
 """
 from __future__ import annotations
 
@@ -33,14 +51,34 @@ class Method:
     after_update: Callable | None = None
     transform_batch: Callable | None = None
     teacher: Callable | None = None
+    pseudo_labels: bool = False
+    fit: Callable | None = None
+    configure: Callable | None = None
+    hparams: dict = dataclasses.field(default_factory=dict)
+    strong_views: tuple = ()
+    evaluate_teacher: bool = False
+    param_groups: tuple = ()
+    reinit: str = ''
+    target_data: Callable | None = None
 
     @property
     def uses_target_labels(self) -> bool:
-        return 'target' in self.supervised
+        return 'target' in self.supervised and not self.pseudo_labels
 
 
 def register_method(method: Method) -> Method:
     return METHODS.register(method.name)(method)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """One domain's training examples: `examples` and `split` as DetectionPipeline takes them (a builder and
+    a split, or a tf.data.Dataset and None); `num_examples` distinct ones (the samples the run stores);
+    `record`: what run.json keeps about them."""
+    examples: Any
+    split: str | None
+    num_examples: int
+    record: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -98,12 +136,13 @@ def _detection(domain):
 
 def resolve_terms(method: Method, adaptation_losses: str = '', hparams=None) -> list[Term]:
     """The method's terms: a detection loss (weight 1) per supervised domain, then the adaptation losses
-    ('name:weight,...'; empty: the method's defaults) with their hyper-parameters from `hparams[name]`.
+    ('name:weight,...'; empty: the method's defaults) with their hyper-parameters from `hparams[name]` over
+    `method.hparams[name]`.
     Raises RegistryError (one line) for a malformed list or an unknown loss."""
     hparams = dict(hparams or {})
     terms = [Term(f'detection_{d}', 1.0, _detection(d), {}) for d in method.supervised]
     for name, weight in parse_weighted(adaptation_losses or method.losses, 'adaptation loss'):
-        terms.append(Term(name, weight, get_loss(name), dict(hparams.get(name, {}))))
+        terms.append(Term(name, weight, get_loss(name), {**method.hparams.get(name, {}), **hparams.get(name, {})}))
     return terms
 
 

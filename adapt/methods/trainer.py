@@ -5,37 +5,43 @@ source-only method) and experiments/adapt_detector.py run. The config is an expe
 `detector` + its block, `method`, `adaptation_losses` ('name:weight,...'; empty: the method's defaults),
 `adaptation_hparams` ({loss name: {hparam: value}}), `dataset` / `train_split` (labelled source),
 `target_dataset` (empty: `dataset`) / `target_split`, `ema_decay` (0: off; on, the EMA is what is
-evaluated), `init_run` (a finished detector run to start from) and `init_from` (a Keras backbone file).
+evaluated), `strong_augment` (the strong view `image_strong` of the `domains` listed, and of the method's
+own `strong_views`), `init_run` (a finished detector run to start from) and `init_from` (a Keras backbone file).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapt.datasets.augment import AugmentConfig
+from adapt.datasets.augment import AugmentConfig, StrongAugmentConfig
 from adapt.datasets.pipeline import DetectionPipeline
 from adapt.datasets.two_domain import TRAIN_FIELDS, ZipIterator
 from adapt.evaluation.detector_eval import Evaluator, class_names, ema_variables, state_variables
-from adapt.methods.base import StepContext, get_method, resolve_terms
+from adapt.methods.base import DOMAINS, StepContext, TrainData, get_method, resolve_terms
 from adapt.methods.step import active_domains, make_step
 from adapt.models.detector import build_detector
 from adapt.runs import load_run, write_run
 from adapt.training import TrainState, make_mesh, train_loop
-from adapt.training.config import image_size, loop_config, optimizer, optimizer_config
+from adapt.training.config import image_size, loop_config, optimizer_config
+from adapt.training.optim import OptimizerConfig, make_optimizer, param_path
 from adapt.training.metrics_log import MetricsWriter
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """What a config resolves to: the detector, the method and its loss terms."""
+    """What a config resolves to: the detector, the method and its loss terms; `strong`: the domains whose
+    batches carry a strong view."""
     detector: object
     method: object
     terms: list
 
     frozen: tuple = ()
+    strong: tuple = ()
 
     @property
     def domains(self):
@@ -48,11 +54,38 @@ class Setup:
 
 
 def setup(config, num_classes) -> Setup:
-    """Detector, method and terms of a config; RegistryError (one line) for a bad name or loss list."""
+    """Detector, method and terms of a config; RegistryError (one line) for a bad name or loss list,
+    ValueError for bad method settings."""
     method = get_method(config.method)
+    if method.configure is not None:
+        method = method.configure(config)
     terms = resolve_terms(method, config.adaptation_losses, config.adaptation_hparams.to_dict())
-    frozen = tuple(str(p) for p, m in optimizer_config(config).param_groups if float(m) == 0.0)
-    return Setup(build_detector(config, num_classes), method, terms, frozen)
+    frozen = tuple(str(p) for p, m in optimizer_settings(config, method).param_groups if float(m) == 0.0)
+    return Setup(build_detector(config, num_classes), method, terms, frozen, strong_domains(config, method))
+
+
+def optimizer_settings(config, method) -> OptimizerConfig:
+    """The preset's optimizer with the method's own parameter groups first (first match wins)."""
+    settings = optimizer_config(config)
+    groups = tuple((str(p), float(m)) for p, m in method.param_groups)
+    return dataclasses.replace(settings, param_groups=groups + settings.param_groups)
+
+
+def strong_domains(config, method) -> tuple:
+    """The domains with a strong view: `strong_augment.domains` ('source,target') and the method's own;
+    ValueError (one line) for an unknown domain or bad strong_augment settings."""
+    names = {x.strip() for x in config.get('strong_augment', {}).get('domains', '').split(',') if x.strip()}
+    if names - set(DOMAINS):
+        raise ValueError(f'strong_augment.domains: unknown {", ".join(sorted(names - set(DOMAINS)))}; '
+                         f'valid choices: {", ".join(DOMAINS)}')
+    domains = tuple(d for d in DOMAINS if d in names or d in method.strong_views)
+    if domains:
+        strong_augment(config)  # its settings are checked before anything runs
+    return domains
+
+
+def strong_augment(config) -> StrongAugmentConfig:
+    return StrongAugmentConfig(**{k: v for k, v in config.strong_augment.items() if k != 'domains'})
 
 
 def _check_same_tree(what, fresh, loaded):
@@ -61,12 +94,13 @@ def _check_same_tree(what, fresh, loaded):
         raise ValueError(f'{what} does not match this config\'s detector (family, backbone, width, classes)')
 
 
-def initial_variables(config, detector):
-    """Fresh variables, with the Keras backbone of `init_from` or every weight of `init_run` when set."""
+def initial_variables(config, detector, reinit=''):
+    """Fresh variables, with the Keras backbone of `init_from` or every weight of `init_run` when set;
+    those whose 'detector/<path>' matches `reinit` stay fresh (a new head on a loaded backbone)."""
     # An 'rbg' key: the same numbers on every run, and the init program compiles ~3x faster on CPU than
     # with threefry (one RngBitGenerator op per initializer instead of an unrolled hash).
     variables = jax.device_get(detector.init(jax.random.key(config.seed, impl='rbg')))
-    variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+    variables = fresh = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
     if config.get('init_from'):
         from adapt.models.keras_import import load_backbone_checkpoint
         for collection, tree in load_backbone_checkpoint(config.init_from).items():
@@ -78,12 +112,18 @@ def initial_variables(config, detector):
         loaded = load_run(config.init_run, 'detector').variables()
         _check_same_tree(f'init_run {config.init_run}', variables, loaded)
         variables = jax.tree.map(np.asarray, loaded)
-    return variables
+    return reinitialised(variables, fresh, reinit) if reinit else variables
+
+
+def reinitialised(loaded, fresh, pattern):
+    """`loaded` variables ({collection: tree}) with the `fresh` ones wherever 'detector/<path>' matches."""
+    pick = lambda path, old, new: new if re.search(pattern, 'detector/' + param_path(path)) else old  # noqa: E731
+    return {c: jax.tree_util.tree_map_with_path(pick, tree, fresh[c]) for c, tree in loaded.items()}
 
 
 def init_state(config, s: Setup) -> TrainState:
     """TrainState at step 0: detector variables, the loss terms' parameters, aux (EMA, method state)."""
-    variables = initial_variables(config, s.detector)
+    variables = initial_variables(config, s.detector, s.method.reinit)
     dummy = jnp.zeros((1, *s.detector.image_size, 3), jnp.float32)
     _, features, _ = jax.eval_shape(lambda v: s.detector.apply(v, dummy), variables)
     ctx = StepContext(s.detector, source_features=features, target_features=features)
@@ -95,26 +135,55 @@ def init_state(config, s: Setup) -> TrainState:
         aux['ema'] = jax.tree.map(np.copy, variables)
     if s.method.init_aux is not None:
         aux['method'] = s.method.init_aux(variables)
-    return TrainState.create({'detector': variables['params'], 'adaptation': extra}, optimizer(config),
+    return TrainState.create({'detector': variables['params'], 'adaptation': extra},
+                             make_optimizer(optimizer_settings(config, s.method)),
                              rng=config.seed, batch_stats=variables['batch_stats'], aux=aux)
 
 
-def train_pipeline(config, builder, split, seed):
+def train_pipeline(config, builder, split, seed, strong=False):
+    """Training batches of one domain; with `strong`, each also carries its strong view `image_strong`."""
     return DetectionPipeline(builder, split=split, global_batch_size=config.batch_size,
                              image_size=image_size(config), max_boxes=config.max_boxes, train=True, seed=seed,
-                             augment=AugmentConfig(**config.augment))
+                             augment=AugmentConfig(**config.augment),
+                             strong_augment=strong_augment(config) if strong else None)
 
 
-def data_iterator(config, s: Setup, source_builder, target_builder) -> ZipIterator:
-    """Batches of the domains the method reads, `batch_size` each, with the same augmentation; the
-    target keeps its labels only for a method that declares it uses them."""
-    pipelines, fields = {}, {}
+def whole_split(builder, split) -> TrainData:
+    """Every example of a TFDS split (the default training data of a domain)."""
+    return TrainData(builder, split, builder.info.splits[split].num_examples)
+
+
+def train_data(config, s: Setup, source_builder, target_builder) -> dict:
+    """{domain: TrainData} of the domains the step reads: the whole `train_split` of the source; the
+    target's `target_split`, or the examples the method selects from it (`Method.target_data`).
+    ValueError (one line) for a selection the split cannot give."""
+    data = {}
     if 'source' in s.domains:
-        pipelines['source'] = train_pipeline(config, source_builder, config.train_split, config.seed)
-        fields['source'] = TRAIN_FIELDS
+        data['source'] = whole_split(source_builder, config.train_split)
     if 'target' in s.domains:
-        pipelines['target'] = train_pipeline(config, target_builder, config.target_split, config.seed + 1)
-        fields['target'] = TRAIN_FIELDS if s.method.uses_target_labels else ('image',)
+        data['target'] = (s.method.target_data or whole_split)(target_builder, config.target_split)
+    return data
+
+
+def data_iterator(config, s: Setup, source_builder, target_builder, data=None) -> ZipIterator:
+    """Batches of the domains the method reads, `batch_size` each, with the same augmentation (and strong
+    views where `s.strong` says); the target keeps its labels only for a method that declares it uses them,
+    or for a pseudo-label method, whose target `data` are its own pseudo-labelled examples (never the true
+    labels: such a method must pass them). `data`: `train_data` (computed when not given)."""
+    if s.method.pseudo_labels and not data:
+        raise ValueError(f'method {s.method.name!r} trains on pseudo-labels: pass its pseudo-labelled target data')
+    data = data or train_data(config, s, source_builder, target_builder)
+    pipelines, fields = {}, {}
+    strong = lambda domain: ('image_strong',) * (domain in s.strong)  # noqa: E731
+    if 'source' in s.domains:
+        pipelines['source'] = train_pipeline(config, data['source'].examples, data['source'].split, config.seed,
+                                             'source' in s.strong)
+        fields['source'] = TRAIN_FIELDS + strong('source')
+    if 'target' in s.domains:
+        pipelines['target'] = train_pipeline(config, data['target'].examples, data['target'].split, config.seed + 1,
+                                             'target' in s.strong)
+        labelled = s.method.uses_target_labels or s.method.pseudo_labels
+        fields['target'] = (TRAIN_FIELDS if labelled else ('image',)) + strong('target')
     return ZipIterator(pipelines, fields)
 
 
@@ -126,30 +195,78 @@ def eval_splits(config, source_builder, target_builder) -> dict:
     return splits
 
 
-def run_record(config, s: Setup, source_builder, data_dir=None) -> dict:
-    """What run.json says about a detector run besides its config."""
-    return dict(method=s.method.name, uses_target_labels=s.method.uses_target_labels,
-                terms={t.name: t.weight for t in s.terms}, evaluated='ema' if config.ema_decay else 'model',
-                class_names=list(class_names(source_builder)), data_dir=data_dir)
+def evaluated_models(config, method) -> dict:
+    """{name: variables_fn} of the models evaluated: the trained model ('model'; its EMA 'ema' when
+    `ema_decay` is on), named 'student' beside the 'teacher' of a method that trains one."""
+    if config.ema_decay:
+        models = {'ema': ema_variables}
+    else:
+        models = {'student' if method.evaluate_teacher else 'model': state_variables}
+    return {**models, 'teacher': method.teacher} if method.evaluate_teacher else models
+
+
+def run_record(config, s: Setup, source_builder, data_dir=None, data=None) -> dict:
+    """What run.json says about a detector run besides its config; with `data` (`train_data`), the samples
+    each domain stores (`samples`) and what its selection records (e.g. fine_tune's `labelled_target`)."""
+    data = data or {}
+    stored = {'samples': {d: t.num_examples for d, t in data.items()}} if data else {}
+    return dict(**stored, **{k: v for t in data.values() for k, v in t.record.items()},
+                method=s.method.name, uses_target_labels=s.method.uses_target_labels,
+                terms={t.name: t.weight for t in s.terms}, evaluated=','.join(evaluated_models(config, s.method)),
+                strong_views=list(s.strong), class_names=list(class_names(source_builder)), data_dir=data_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """The pieces of one training run, for `Method.fit` (a method that schedules its own training, e.g.
+    in rounds): `loop(state, data, until_step)` trains with the run's step, checkpoints and evaluation."""
+    config: Any
+    setup: Setup
+    source_builder: Any
+    target_builder: Any
+    workdir: str
+    mesh: Any
+    evaluator: Evaluator
+    loop_config: Any
+    on_step: Any = None
+    train_data: dict | None = None    # `train_data` of the run (computed when not given)
+
+    def data(self) -> ZipIterator:
+        return data_iterator(self.config, self.setup, self.source_builder, self.target_builder, self.train_data)
+
+    def loop(self, state, data, until_step: int):
+        """train_loop up to `until_step` (resuming from the workdir's checkpoint); evaluates on
+        `config.eval_every` and at `until_step`."""
+        return train_loop(state, self.setup.step(self.config), data, until_step, self.workdir, self.loop_config,
+                          mesh=self.mesh, eval_fn=self.evaluator,
+                          image_fn=self.evaluator.images if self.loop_config.image_every else None,
+                          meta={'method': self.setup.method.name, 'detector': self.config.detector},
+                          on_step=self.on_step)
+
+
+def fit(run: TrainRun):
+    """The default schedule: one loop of `num_steps` over the method's data."""
+    data = run.data()
+    try:
+        return run.loop(init_state(run.config, run.setup), data, run.config.num_steps)
+    finally:
+        data.close()
 
 
 def train(config, source_builder, target_builder=None, workdir='', *, data_dir=None, on_step=None, print_fn=None):
-    """Train (or resume) in `workdir`, then evaluate the final model; returns {split: metrics}.
+    """Train (or resume) in `workdir`, then evaluate the final model(s); returns {label: metrics} (label: the
+    split, or '<model>/<split>' when several models are evaluated, see `evaluated_models`).
     `on_step(step)` runs after every step (see train_loop). Raises NonFiniteError on a NaN/Inf."""
     target_builder = target_builder or source_builder
     s = setup(config, len(class_names(source_builder)))
-    record = write_run(workdir, 'detector', config, **run_record(config, s, source_builder, data_dir))
+    data = train_data(config, s, source_builder, target_builder)
+    record = write_run(workdir, 'detector', config, **run_record(config, s, source_builder, data_dir, data))
     mesh = make_mesh()
     evaluator = Evaluator(config, None, s.detector, eval_splits(config, source_builder, target_builder), mesh,
-                          variables_fn=ema_variables if config.ema_decay else state_variables)
-    loop = loop_config(config, print_fn)
-    data = data_iterator(config, s, source_builder, target_builder)
-    try:
-        state = train_loop(init_state(config, s), s.step(config), data, config.num_steps, workdir, loop, mesh=mesh, eval_fn=evaluator,
-                           image_fn=evaluator.images if loop.image_every else None,
-                           meta={'method': s.method.name, 'detector': config.detector}, on_step=on_step)
-    finally:
-        data.close()
+                          variables_fn=evaluated_models(config, s.method))
+    run = TrainRun(config, s, source_builder, target_builder, workdir, mesh, evaluator,
+                   loop_config(config, print_fn), on_step, data)
+    state = (s.method.fit or fit)(run)
     evaluator(state, config.num_steps)
     writer = MetricsWriter(workdir, tensorboard=config.tensorboard)
     try:

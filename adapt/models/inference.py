@@ -41,7 +41,8 @@ def _gather(tree):
 def predict_split(predict, variables, pipeline, mesh, keep_images=0):
     """Detections for every valid example of an eval `DetectionPipeline` (train=False).
 
-    Returns NumPy arrays over the N valid examples: image_id, original_size [N, 2]; ground truth
+    Returns NumPy arrays over the N valid examples: image_id, index (position in the split),
+    original_size [N, 2]; ground truth
     gt_boxes [N, M, 4] (normalised in the original image), gt_labels, gt_mask, gt_crowd,
     gt_difficult; detections boxes [N, D, 4] (same frame), scores, classes (0-based), det_mask [N, D];
     plus `images` [k, H, W, 3], `canvas_boxes` [k, D, 4] and `canvas_gt_boxes` [k, M, 4] (boxes on the
@@ -50,12 +51,13 @@ def predict_split(predict, variables, pipeline, mesh, keep_images=0):
     rows, images, canvas, canvas_gt = [], [], [], []
     for batch in pipeline:
         dets = _gather(predict(variables, shard_batch(batch['image'], mesh)))
-        host = _gather({k: batch[k] for k in ('valid', 'window', 'image_id', 'original_size', 'boxes', 'labels',
-                                               'mask', 'image') if k in batch}
+        host = _gather({k: batch[k] for k in ('valid', 'window', 'image_id', 'index', 'original_size', 'boxes',
+                                               'labels', 'mask', 'image') if k in batch}
                        | {k: batch.get(k, np.zeros_like(batch['mask'])) for k in ('crowd', 'difficult')})
         ok = host['valid']
         det_mask = np.arange(dets.scores.shape[1])[None] < dets.num_valid[:, None]
-        rows.append(dict(image_id=host['image_id'][ok], original_size=host['original_size'][ok],
+        rows.append(dict(image_id=host['image_id'][ok], index=host['index'][ok],
+                         original_size=host['original_size'][ok],
                          gt_boxes=boxes_to_original(host['boxes'][ok], host['window'][ok]),
                          gt_labels=host['labels'][ok], gt_mask=host['mask'][ok], gt_crowd=host['crowd'][ok],
                          gt_difficult=host['difficult'][ok],

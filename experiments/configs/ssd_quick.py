@@ -46,6 +46,13 @@ def get_config():
     c.augment = ml_collections.ConfigDict(dict(
         flip_prob=0.5, crop_min_ious=(None, 0.1, 0.3, 0.5, 0.7), crop_scale=(0.5, 1.0), brightness=0.1,
         contrast=0.2, saturation=0.2, hue=0.02))
+    # The strong view (adapt.datasets.augment.StrongAugmentConfig, Adaptive Teacher's recipe) drawn on the weak
+    # view above: the trained model sees it in the `domains` listed ('source,target': how the baselines get
+    # it) and in a method's own (mean_teacher: target); a teacher sees the weak view.
+    c.strong_augment = ml_collections.ConfigDict(dict(
+        domains='', jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, greyscale_prob=0.2,
+        blur_prob=0.5, blur_sigma=(0.1, 2.0),   # pixels of the canvas
+        erasing=((0.7, 0.05, 0.2, 0.3, 3.3), (0.5, 0.02, 0.2, 0.1, 6.0), (0.3, 0.02, 0.2, 0.05, 8.0))))
     c.log_every = 50
     c.checkpoint_every = 200
     c.eval_every = 500                # and at the end; 0: at the end only
@@ -54,15 +61,35 @@ def get_config():
     c.num_draw = 8                    # example images with detections drawn, per eval split
     c.init_from = ''                  # backbone checkpoint from experiments.import_weights
     # Methods (adapt.methods; train_detector runs source_only, adapt_detector any of them).
-    c.method = 'source_only'          # source_only | oracle | dann | mmd | coral | entropy
+    c.method = 'source_only'          # source_only | oracle | dann | mmd | coral | entropy | mean_teacher |
+    #                                   pseudo_label | fine_tune | feature_extract | lwf (adapt.methods.METHODS)
     c.adaptation_losses = ''          # 'name:weight,...' (also package.module:function); '' = the method's
     c.adaptation_hparams = ml_collections.ConfigDict(dict(   # '' level = the detector's alignment level
         dann_image=dict(level='', hidden=64, gamma=10.0), dann_instance=dict(hidden=64, gamma=10.0),
-        mmd=dict(level='', num_kernels=5, kernel_mul=2.0), coral=dict(level='')))
+        mmd=dict(level='', num_kernels=5, kernel_mul=2.0), coral=dict(level=''),
+        lwf=dict(temperature=2.0, box_weight=1.0)))
     c.target_dataset = ''             # '' = dataset
     c.target_split = 'train_night'    # unlabelled unless the method uses target labels (oracle)
     c.target_eval_splits = ''         # evaluation splits of target_dataset (when it differs)
     c.ema_decay = 0.0                 # > 0: train an EMA of the weights and evaluate it
     c.init_run = ''                   # a finished detector run to start from (fresh optimizer and schedule)
+    # pseudo_label: rounds x steps_per_round must be num_steps (one learning-rate schedule over all rounds)
+    c.pseudo_label = ml_collections.ConfigDict(dict(threshold=0.5, rounds=3, steps_per_round=100))
+    # mean_teacher: the teacher's EMA decay (Adaptive Teacher: 0.9996 over 100k steps; adapt_quick: 0.99), the
+    # score at or above which its detections become pseudo-labels, and box regression on them (off, as published)
+    c.mean_teacher = ml_collections.ConfigDict(dict(decay=0.9996, threshold=0.8, box_regression=False))
+    # fine_tune / feature_extract: N labelled target images (a seeded subset of target_split, ids in run.json;
+    # subsets of one seed are nested); parameters matching `freeze` ('detector/features/backbone/conv1') keep
+    # their values and BatchNorm statistics; feature_extract also freezes the backbone and starts the
+    # parameters matching `reinit` (the head) fresh instead of from init_run.
+    c.fine_tune = ml_collections.ConfigDict(dict(
+        num_labelled=100,             # 0 = the whole target split; fewer than batch_size are repeated
+        seed=0,                       # which subset
+        keep_source=False,            # also train on the labelled source batches
+        freeze='',                    # regex of parameter paths; '' = none
+        reinit=r'^detector/(?!features/backbone/)'))   # feature_extract: everything outside the backbone
+    # lwf: where its target labels come from: 'fine_tune' (the fine_tune block's N images) or 'pseudo_label'
+    # (the pseudo_label block's rounds); the distillation's temperature / box weight: adaptation_hparams.lwf
+    c.lwf = ml_collections.ConfigDict(dict(labels='fine_tune'))
     c.tensorboard = True
     return c

@@ -1,0 +1,179 @@
+"""Pseudo-label self-training in rounds (Rosenberg, Hebert and Schneiderman 2005).
+
+Each round, the current model predicts the whole unlabelled target training split; its detections at or
+above `threshold` become that split's labels, and training continues from the previous round for
+`steps_per_round` steps on source plus pseudo-labelled target. The labels of each round are stored in the
+workdir (`pseudo_labels/round_<r>.npz`), so an interrupted round resumes on exactly the same labels.
+Precision and recall of the pseudo-boxes against the true target labels are logged per round, only for
+the log: the true labels never reach training.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from adapt.boxes import pairwise_iou
+from adapt.datasets.pipeline import DetectionPipeline
+from adapt.methods.base import Method, register_method
+from adapt.models.inference import make_predict_fn, predict_split
+from adapt.training import Checkpointer, replicate
+from adapt.training.config import image_size
+from adapt.training.metrics_log import MetricsWriter
+
+
+def select_pseudo_labels(pred: dict, threshold: float) -> dict:
+    """The detections of `predict_split` output at or above `threshold`, as padded per-image labels:
+    {'index' [N], 'boxes' [N, D, 4] (normalised yxyx in the original image), 'labels' [N, D] (-1 pad),
+    'mask' [N, D]}, kept detections first in score order."""
+    keep = pred['det_mask'] & (pred['scores'] >= threshold)
+    order = np.argsort(~keep, axis=1, kind='stable')  # kept rows first, detection (score) order within
+    take = lambda x: np.take_along_axis(x, order if x.ndim == 2 else order[..., None], axis=1)  # noqa: E731
+    mask = take(keep)
+    return {'index': np.asarray(pred['index'], np.int64),
+            'boxes': np.where(mask[..., None], take(pred['boxes']), 0.0).astype(np.float32),
+            'labels': np.where(mask, take(pred['classes']), -1).astype(np.int64), 'mask': mask}
+
+
+def pseudo_label_quality(labels: dict, pred: dict, iou_threshold: float = 0.5) -> dict:
+    """Number of pseudo-boxes, and their precision and recall against the true labels in `pred`
+    (a pseudo-box is correct when it takes an unmatched true box of its class at IoU >= iou_threshold,
+    in score order, as VOC matches detections)."""
+    correct = 0
+    for boxes, classes, mask, gt, gt_labels, gt_mask in zip(labels['boxes'], labels['labels'], labels['mask'],
+                                                             pred['gt_boxes'], pred['gt_labels'], pred['gt_mask']):
+        gt, gt_labels = gt[gt_mask], gt_labels[gt_mask]
+        taken = np.zeros(len(gt), bool)
+        iou = np.asarray(pairwise_iou(boxes[mask], gt)) if len(gt) else np.zeros((int(mask.sum()), 0))
+        for row, label in enumerate(classes[mask]):
+            candidates = np.where((gt_labels == label) & ~taken, iou[row], -1.0)
+            if candidates.size and candidates.max() >= iou_threshold:
+                taken[np.argmax(candidates)] = True
+                correct += 1
+    num_boxes, num_true = int(labels['mask'].sum()), int(pred['gt_mask'].sum())
+    return {'num_boxes': num_boxes, 'precision': correct / max(num_boxes, 1), 'recall': correct / max(num_true, 1)}
+
+
+def pseudo_labelled_split(builder, split: str, labels: dict) -> tf.data.Dataset:
+    """The target split in TFDS form with its objects replaced by the pseudo-labels (by position in the
+    split, the DetectionPipeline's source index), for `DetectionPipeline(dataset, ...)`."""
+    count = len(labels['index'])
+    order = np.argsort(labels['index'])
+    if not np.array_equal(labels['index'][order], np.arange(count)):
+        raise ValueError(f'pseudo-labels cover positions {labels["index"].min()}..{labels["index"].max()} '
+                         f'({count} images), not every image of {split} once')
+    boxes, classes, mask = (tf.constant(labels[k][order]) for k in ('boxes', 'labels', 'mask'))
+    decoders = {'image': tfds.decode.SkipDecoding()}
+
+    def relabel(i, example):
+        keep = mask[i]
+        return {'image': example['image'], 'objects': {'bbox': tf.boolean_mask(boxes[i], keep),
+                                                        'label': tf.boolean_mask(classes[i], keep)}}
+    dataset = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
+    return dataset.enumerate().map(relabel)
+
+
+def save_labels(path: str, labels: dict, quality: dict) -> None:
+    """Write one round's labels (atomically: a killed write leaves no half file) and its quality."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, quality=json.dumps(quality), **labels)
+    os.replace(tmp, path)
+
+
+def load_labels(path: str) -> tuple[dict, dict]:
+    with np.load(path) as data:
+        return {k: data[k] for k in ('index', 'boxes', 'labels', 'mask')}, json.loads(str(data['quality']))
+
+
+def check_rounds(config) -> None:
+    """ValueError unless rounds x steps_per_round is the run's num_steps (one schedule over all rounds)."""
+    hp = config.pseudo_label
+    if hp.rounds < 1 or hp.steps_per_round < 1 or hp.rounds * hp.steps_per_round != config.num_steps:
+        raise ValueError(f'pseudo_label: rounds ({hp.rounds}) x steps_per_round ({hp.steps_per_round}) must be '
+                         f'num_steps ({config.num_steps})')
+
+
+def _predict_target(run, variables):
+    """`predict_split` of the whole target training split (unaugmented) with `variables`."""
+    config = run.config
+    pipeline = DetectionPipeline(run.target_builder, split=config.target_split, train=False,
+                                 global_batch_size=config.eval_batch_size, image_size=image_size(config),
+                                 max_boxes=config.max_boxes)
+    return predict_split(make_predict_fn(run.setup.detector, run.mesh), variables, pipeline, run.mesh)
+
+
+def _state_at(run, template, step: int):
+    """The checkpointed state at `step` (the start of a round), or `template` at step 0 before any."""
+    ckpt = Checkpointer(os.path.join(run.workdir, 'checkpoints'), read_only=True)
+    try:
+        if step == 0 and ckpt.latest_step() is None:
+            return template
+        return ckpt.restore(replicate(template, run.mesh), step=step)[0]
+    finally:
+        ckpt.close()
+
+
+def _round_labels(run, template, r: int, say):
+    """Round r's pseudo-labels: read back when stored, else predicted by the model at the round's start."""
+    hp = run.config.pseudo_label
+    path = os.path.join(run.workdir, 'pseudo_labels', f'round_{r}.npz')
+    if os.path.exists(path):
+        return load_labels(path)[0]
+    state = _state_at(run, template, r * hp.steps_per_round)
+    pred = _predict_target(run, run.evaluator.variables_fn(state))
+    labels = select_pseudo_labels(pred, hp.threshold)
+    quality = pseudo_label_quality(labels, pred)
+    save_labels(path, labels, quality)
+    writer = MetricsWriter(run.workdir, tensorboard=run.config.tensorboard)
+    try:
+        writer.scalars(r * hp.steps_per_round, quality, 'pseudo_labels')
+    finally:
+        writer.close()
+    say(f'pseudo-label round {r}: {quality["num_boxes"]} boxes on {len(labels["index"])} target images at score '
+        f'>= {hp.threshold} (against the true labels, for the log only: precision {quality["precision"]:.3f}, '
+        f'recall {quality["recall"]:.3f})')
+    return labels
+
+
+def fit(run):
+    """Rounds of (predict the target split, keep the confident detections, train steps_per_round steps on
+    source + pseudo-labelled target), each continuing from the previous one; resumes inside any round."""
+    from adapt.methods.base import TrainData
+    from adapt.methods.trainer import data_iterator, init_state, whole_split
+    config, hp = run.config, run.config.pseudo_label
+    check_rounds(config)
+    state = init_state(config, run.setup)
+    say = run.loop_config.print_fn or (lambda line: None)
+    done = Checkpointer(os.path.join(run.workdir, 'checkpoints'), read_only=True)
+    try:
+        finished = done.latest_step() or 0
+    finally:
+        done.close()
+    for r in range(hp.rounds):
+        end = (r + 1) * hp.steps_per_round
+        if finished >= end:
+            continue
+        labels = _round_labels(run, state, r, say)
+        target = pseudo_labelled_split(run.target_builder, config.target_split, labels)
+        data = data_iterator(config, run.setup, run.source_builder, run.target_builder,
+                             {'source': whole_split(run.source_builder, config.train_split),
+                              'target': TrainData(target, None, len(labels['index']))})
+        try:
+            state = run.loop(state, data, end)
+        finally:
+            data.close()
+    return state if finished < config.num_steps else _state_at(run, state, config.num_steps)
+
+
+def configure(config) -> Method:
+    check_rounds(config)
+    return PSEUDO_LABEL
+
+
+PSEUDO_LABEL = register_method(Method(
+    'pseudo_label', 'labelled source + the model\'s own confident target detections, retrained in rounds',
+    supervised=('source', 'target'), pseudo_labels=True, fit=fit, configure=configure))
