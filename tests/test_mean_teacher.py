@@ -20,7 +20,7 @@ from adapt.training import TrainState, data_parallel, make_mesh, replicate, shar
 from tests.script_runner import TINY, final_params, finish, start
 from tests.test_adapt_detector import USER_LOSSES
 from tests.test_methods import _assert_trees, _batch
-from tests.test_pipeline import _dataset, _example, _pipe, _take
+from tests.pipeline_data import _dataset, _example, _pipe, _take
 from tests.tiny_config import tiny_config
 
 DECAY, THRESHOLD = 0.75, 0.25  # tiny random detectors score every class about 1/4

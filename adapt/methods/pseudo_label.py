@@ -26,16 +26,13 @@ from adapt.training.metrics_log import MetricsWriter
 
 
 def select_pseudo_labels(pred: dict, threshold: float) -> dict:
-    """The detections of `predict_split` output at or above `threshold`, as padded per-image labels:
-    {'index' [N], 'boxes' [N, D, 4] (normalised yxyx in the original image), 'labels' [N, D] (-1 pad),
-    'mask' [N, D]}, kept detections first in score order."""
+    """The detections of `predict_split` output at or above `threshold` (the rule of
+    `mean_teacher.pseudo_labels`, on the host): {'index' [N], 'boxes' [N, D, 4] (normalised yxyx in the
+    original image), 'labels' [N, D] (-1 where not kept), 'mask' [N, D]}."""
     keep = pred['det_mask'] & (pred['scores'] >= threshold)
-    order = np.argsort(~keep, axis=1, kind='stable')  # kept rows first, detection (score) order within
-    take = lambda x: np.take_along_axis(x, order if x.ndim == 2 else order[..., None], axis=1)  # noqa: E731
-    mask = take(keep)
     return {'index': np.asarray(pred['index'], np.int64),
-            'boxes': np.where(mask[..., None], take(pred['boxes']), 0.0).astype(np.float32),
-            'labels': np.where(mask, take(pred['classes']), -1).astype(np.int64), 'mask': mask}
+            'boxes': np.where(keep[..., None], pred['boxes'], 0.0).astype(np.float32),
+            'labels': np.where(keep, pred['classes'], -1).astype(np.int64), 'mask': keep}
 
 
 def pseudo_label_quality(labels: dict, pred: dict, iou_threshold: float = 0.5) -> dict:
