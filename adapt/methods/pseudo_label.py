@@ -160,7 +160,7 @@ def fit(run):
                              {'source': whole_split(run.source_builder, config.train_split),
                               'target': TrainData(target, None, len(labels['index']))})
         try:
-            state = run.loop(state, data, end)
+            state = run.loop(state, data, end, evaluate=end == config.num_steps)  # no selection between rounds
         finally:
             data.close()
     return state if finished < config.num_steps else _state_at(run, state, config.num_steps)

@@ -234,12 +234,12 @@ class TrainRun:
     def data(self) -> ZipIterator:
         return data_iterator(self.config, self.setup, self.source_builder, self.target_builder, self.train_data)
 
-    def loop(self, state, data, until_step: int):
-        """train_loop up to `until_step` (resuming from the workdir's checkpoint); evaluates on
-        `config.eval_every` and at `until_step`."""
+    def loop(self, state, data, until_step: int, evaluate: bool = True):
+        """train_loop up to `until_step` (resuming from the workdir's checkpoint); with `evaluate`, evaluates
+        on `config.eval_every` and at `until_step`."""
         return train_loop(state, self.setup.step(self.config), data, until_step, self.workdir, self.loop_config,
-                          mesh=self.mesh, eval_fn=self.evaluator,
-                          image_fn=self.evaluator.images if self.loop_config.image_every else None,
+                          mesh=self.mesh, eval_fn=self.evaluator if evaluate else None,
+                          image_fn=self.evaluator.images if evaluate and self.loop_config.image_every else None,
                           meta={'method': self.setup.method.name, 'detector': self.config.detector},
                           on_step=self.on_step)
 
