@@ -105,3 +105,14 @@ def test_logs_tensorboard_eval_best_checkpoint_and_images(tmp_path):
 def test_all_finite():
     assert bool(state_lib.all_finite({"a": jnp.ones(3), "i": jnp.arange(3)}))
     assert not bool(state_lib.all_finite({"a": jnp.array([1.0, jnp.inf]), "i": jnp.arange(3)}))
+
+
+def test_no_images_to_write_is_not_an_error(tmp_path):
+    """`num_draw=0` gives the writer no images: nothing is written, and a fresh TensorBoard writer is fine."""
+    from adapt.training.metrics_log import MetricsWriter
+    writer = MetricsWriter(str(tmp_path), tensorboard=True)
+    try:
+        assert writer.images(3, {}) == []
+    finally:
+        writer.close()
+    assert not os.path.exists(tmp_path / 'tensorboard')

@@ -86,7 +86,7 @@ class MetricsWriter:
                 png = tf.image.encode_png(grid)
                 tensor = tf.stack([tf.as_string(grid.shape[1]), tf.as_string(grid.shape[0]), png])
                 self._event(f"images/{name}", tensor, step, "images")
-        if self._tensorboard:
+        if self._tb is not None:  # nothing to flush when there were no images (num_draw=0)
             self._tb.flush()
         return paths
 
