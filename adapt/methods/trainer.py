@@ -170,7 +170,8 @@ def data_iterator(config, s: Setup, source_builder, target_builder, data=None) -
     views where `s.strong` says); the target keeps its labels only for a method that declares it uses them,
     or for a pseudo-label method, whose target `data` are its own pseudo-labelled examples (never the true
     labels: such a method must pass them). `data`: `train_data` (computed when not given)."""
-    if s.method.pseudo_labels and not data:
+    if s.method.pseudo_labels and 'target' in s.domains and (not data or data['target'].split is not None):
+        # a TFDS split here would carry the true target labels into the step
         raise ValueError(f'method {s.method.name!r} trains on pseudo-labels: pass its pseudo-labelled target data')
     data = data or train_data(config, s, source_builder, target_builder)
     pipelines, fields = {}, {}
