@@ -177,8 +177,6 @@ def entropy(ctx):
     return global_mean(per_instance, features['instance_mask'], ctx.axis_name), {}
 
 
-
-
 @adaptation_loss('lwf', domains=('target',))
 def lwf(ctx, *, temperature=2.0, box_weight=1.0):
     """Learning without Forgetting: the frozen source model's (the method's teacher's) outputs on the target

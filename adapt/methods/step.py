@@ -30,15 +30,17 @@ def active_domains(terms) -> tuple:
     return tuple(d for d in DOMAINS if any(t.weight != 0 and d in t.domains for t in terms))
 
 
+def where_path(patterns, matched, other):
+    """`matched`'s leaves where 'detector/<path>' matches one of the regexes `patterns`, `other`'s elsewhere."""
+    def pick(path, m, o):
+        name = 'detector/' + param_path(path)
+        return m if any(re.search(p, name) for p in patterns) else o
+    return jax.tree_util.tree_map_with_path(pick, matched, other)
+
+
 def keep_frozen_stats(old, new, frozen=()):
     """`new` BatchNorm statistics, except `old` where 'detector/<path>' matches a frozen pattern."""
-    if not frozen:
-        return new
-
-    def pick(path, o, n):
-        name = 'detector/' + param_path(path)
-        return o if any(re.search(p, name) for p in frozen) else n
-    return jax.tree_util.tree_map_with_path(pick, old, new)
+    return where_path(frozen, old, new) if frozen else new
 
 
 def view(batch, strong):

@@ -11,7 +11,6 @@ own `strong_views`), `init_run` (a finished detector run to start from) and `ini
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
@@ -23,12 +22,12 @@ from adapt.datasets.pipeline import DetectionPipeline
 from adapt.datasets.two_domain import TRAIN_FIELDS, ZipIterator
 from adapt.evaluation.detector_eval import Evaluator, class_names, ema_variables, state_variables
 from adapt.methods.base import DOMAINS, StepContext, TrainData, get_method, resolve_terms
-from adapt.methods.step import active_domains, make_step
+from adapt.methods.step import active_domains, make_step, where_path
 from adapt.models.detector import build_detector
 from adapt.runs import load_run, write_run
 from adapt.training import TrainState, make_mesh, train_loop
 from adapt.training.config import image_size, loop_config, optimizer_config
-from adapt.training.optim import OptimizerConfig, make_optimizer, param_path
+from adapt.training.optim import OptimizerConfig, make_optimizer
 from adapt.training.metrics_log import MetricsWriter
 
 
@@ -117,8 +116,7 @@ def initial_variables(config, detector, reinit=''):
 
 def reinitialised(loaded, fresh, pattern):
     """`loaded` variables ({collection: tree}) with the `fresh` ones wherever 'detector/<path>' matches."""
-    pick = lambda path, old, new: new if re.search(pattern, 'detector/' + param_path(path)) else old  # noqa: E731
-    return {c: jax.tree_util.tree_map_with_path(pick, tree, fresh[c]) for c, tree in loaded.items()}
+    return {c: where_path((pattern,), fresh[c], tree) for c, tree in loaded.items()}
 
 
 def init_state(config, s: Setup) -> TrainState:
