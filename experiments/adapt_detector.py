@@ -12,6 +12,11 @@ are both evaluated (lines and metrics.json labels 'teacher/<split>', 'student/<s
 --config.strong_augment.domains=source,target: the trained model sees strong views there too.
 fine_tune / feature_extract: --config.fine_tune.{num_labelled,seed,keep_source,freeze,reinit} (N labelled
 target images, their ids in run.json; feature_extract freezes the backbone under a fresh head).
+pseudo_label: --config.pseudo_label.{threshold,rounds,steps_per_round}; lwf: --config.lwf.labels.
+translate_train: --config.translator=<train_unit workdir> (source images translated to the target, with
+their boxes). shared_latent: --config=experiments/configs/shared_latent_quick.py
+--config.shared_latent.unit_run=<train_unit workdir> (a head on the UNIT shared latent space).
+--config=experiments/configs/adapt_quick.py:METHOD is the quick preset of one method.
 --config.adaptation_losses: NAME:WEIGHT pairs replacing the method's defaults; NAME is a registered loss
 (dann_image, dann_instance, mmd, coral, entropy) or package.module:function. Hyper-parameters:
 --config.adaptation_hparams.<loss>.<name>=... --config.init_run starts from a finished run's weights

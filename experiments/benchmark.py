@@ -138,7 +138,7 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     model = config[config.detector].model
     return {
         'backend': jax.default_backend(), 'devices': devices, 'device_kind': jax.devices()[0].device_kind,
-        'backbone': model.backbone, 'width': model.width, 'detector': config.detector, 'method': config.method,
+        'backbone': model.get('backbone', 'none'), 'width': model.get('width', 1.0), 'detector': config.detector, 'method': config.method,
         'image_size': config.image_size, 'batch_size': b, 'num_anchors': len(detector.anchors),
         'parameters': int(params),
         'train_compile_s': train_compile, 'train_step_ms': step_s * 1e3, 'train_images_per_s': b / step_s,
@@ -227,9 +227,7 @@ def main(argv):
             if getattr(FLAGS, key) is not None:
                 config[key] = getattr(FLAGS, key)
     common.check_detector_family(config)
-    if FLAGS.backbone is not None:
-        config[config.detector].model.backbone = FLAGS.backbone
-    common.check_backbone(config)
+    common.set_backbone(config, FLAGS.backbone)
     common.check_method(config)
     result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
     print(table(result))

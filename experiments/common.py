@@ -80,15 +80,22 @@ def check_choice(what, value, choices):
 
 def check_detector_family(config):
     """Usage error unless the config names a registered detector family with a settings block."""
-    import adapt.models.ssd  # noqa: F401  (registers the built-in families)
-    from adapt.models.detector import DETECTORS
-    check_choice('detector', config.detector, [n for n in DETECTORS.names() if n in config])
+    from adapt.models.detector import detector_families
+    check_choice('detector', config.detector, [n for n in detector_families() if n in config])
 
 
-def check_backbone(config):
-    """Usage error unless the chosen family's backbone is known."""
+def set_backbone(config, name=None):
+    """Usage error unless the chosen family's backbone (`name`, when given, replaces the preset's) is known;
+    a family without one (shared_latent reads UNIT encoders) takes no --backbone."""
     from adapt.models.backbones import BACKBONES
-    check_choice('backbone', config[config.detector].model.backbone, BACKBONES)
+    model = config[config.detector].model
+    if 'backbone' not in model:
+        if name is not None:
+            usage_error(f'detector {config.detector} has no backbone: drop --backbone')
+        return
+    if name is not None:
+        model.backbone = name
+    check_choice('backbone', model.backbone, BACKBONES)
 
 
 def check_method(config):

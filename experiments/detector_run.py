@@ -43,9 +43,7 @@ def resolve_config():
             if getattr(FLAGS, name) is not None:
                 config[name] = getattr(FLAGS, name)
     common.check_detector_family(config)
-    if FLAGS.backbone is not None:
-        config[config.detector].model.backbone = FLAGS.backbone
-    common.check_backbone(config)
+    common.set_backbone(config, FLAGS.backbone)
     try:
         optimizer_config(config)
     except ValueError as error:

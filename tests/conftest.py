@@ -9,9 +9,22 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --x
                                    "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-# One persistent XLA compilation cache for the session (this process and the scripts it starts): tests
+
+
+def _session_dir(name):
+    """A fresh directory for this test session, one for all its processes: the pytest-xdist workers of one
+    run share it (keyed by the run's id), and so do the scripts they start."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return tempfile.mkdtemp(prefix=f"adapt-{name}-")
+    path = os.path.join(tempfile.gettempdir(), f"adapt-{name}-{run}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+# One persistent XLA compilation cache for the session (its workers and the scripts they start): tests
 # that build the same program again (a fresh step function, a rerun script) load it instead of compiling.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="adapt-xla-cache-"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _session_dir("xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import adapt  # noqa: E402,F401  (appends the YNNPACK switch to XLA_FLAGS before JAX starts)
@@ -34,3 +47,31 @@ def source_run(env, tmp_path_factory):
     from tests.script_runner import TINY, finish, start
     workdir = str(tmp_path_factory.mktemp('source_run') / 'run')
     return workdir, finish(start([f'--workdir={workdir}', f'--data_dir={env[1]}', *TINY], env))[1]
+
+
+@pytest.fixture(scope='session')
+def unit_run(tmp_path_factory):
+    """Workdir of a tiny UNIT run (tests/scripts/unit_tiny.py's architecture, n_downsample 2, an untrained
+    generator saved at step 0): the frozen translator or shared encoder of the methods that read one.
+    Untrained weights still make a fixed, non-trivial function, which is all those tests compare."""
+    import sys
+
+    import jax
+
+    from adapt.methods import translation
+    from adapt.runs import write_run
+    from adapt.training import Checkpointer
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scripts'))
+    import unit_tiny
+
+    workdir = str(tmp_path_factory.mktemp('unit_run') / 'run')
+    config = unit_tiny.config(image_size=32)
+    config.model.n_downsample = 2
+    state = jax.device_get(translation.init_state(config))
+    write_run(workdir, 'unit', config)
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
+    try:
+        ckpt.save(0, state)
+    finally:
+        ckpt.close()
+    return workdir

@@ -1,5 +1,5 @@
 """experiments/adapt_detector.py's one-line usage errors, and init_run. USER_LOSSES is a user's own loss in a
-file outside adapt/; tests/test_mean_teacher.py runs it through this script, with SIGKILL and resume."""
+file outside adapt/; tests/test_mean_teacher.py runs it through this script and through a stopped and resumed run."""
 
 import jax
 import numpy as np

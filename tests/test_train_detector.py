@@ -36,7 +36,7 @@ def test_bad_flags_give_one_line_and_exit_2(tmp_path, env):
 
 @pytest.mark.parametrize('check,needle', [
     (lambda c, d: c.update(detector='yolo') or common.check_detector_family(c), "unknown detector 'yolo'"),
-    (lambda c, d: c.ssd.model.update(backbone='resnet19') or common.check_backbone(c), "unknown backbone"),
+    (lambda c, d: common.set_backbone(c, 'resnet19'), "unknown backbone"),
     (lambda c, d: common.check_dataset('daynight_synthetic', d), "unknown dataset 'daynight_synthetic'"),
     (lambda c, d: common.check_dataset('daynight_synth/r7', d), "unknown config of dataset daynight_synth 'r7'"),
     (lambda c, d: common.check_split(common.check_dataset('daynight_synth/tiny', d), 'train_noon'),

@@ -62,7 +62,10 @@ class Evaluator:
         self.splits = dict(splits) if isinstance(splits, dict) else {s: builder for s in splits}
         self.names = class_names(next(iter(self.splits.values())))
         self.mesh = mesh or make_mesh()
-        self.predict = make_predict_fn(detector, self.mesh)
+        # one predict function per detector the splits route to (see Detector.for_input)
+        routed = {s: detector.for_input(s) for s in self.splits}
+        compiled = {id(d): make_predict_fn(d, self.mesh) for d in routed.values()}
+        self.predict = {s: compiled[id(d)] for s, d in routed.items()}
         models = variables_fn if isinstance(variables_fn, dict) else {'': variables_fn}
         self.models = {f'{name}/' if len(models) > 1 else '': fn for name, fn in models.items()}  # label prefix
         self.variables_fn = next(iter(models.values()))  # the first model's: what a method predicts with
@@ -72,7 +75,7 @@ class Evaluator:
     def evaluate(self, variables, split, keep_images=0):
         """(metrics, predictions, COCO ground truth, COCO results) of `variables` on one split."""
         pipeline = eval_pipeline(self.config, self.splits[split], split)
-        pred = predict_split(self.predict, variables, pipeline, self.mesh, keep_images)
+        pred = predict_split(self.predict[split], variables, pipeline, self.mesh, keep_images)
         metrics, _, gt, results = detection_metrics(pred, self.names)
         return metrics, pred, gt, results
 

@@ -3,7 +3,8 @@
 base.py (Method, StepContext, Term, the METHODS registry), builtin.py (source_only, oracle, dann, mmd,
 coral, entropy), pseudo_label.py (self-training in rounds), mean_teacher.py (an EMA teacher on weak views
 supervising strong views), fine_tune.py (fine_tune on N labelled target images, feature_extract), lwf.py
-(Learning without Forgetting), step.py
+(Learning without Forgetting), translate_train.py (training on source images translated to the target),
+shared_latent.py (a detection head on the UNIT shared latent space), step.py
 (the generic data-parallel step), trainer.py (state, data, loop, evaluation), translation.py (UNIT).
 """
 from adapt.methods.base import METHODS, Method, StepContext, Term, get_method, register_method, resolve_terms
@@ -12,5 +13,7 @@ from adapt.methods import pseudo_label  # noqa: E402,F401
 from adapt.methods import mean_teacher  # noqa: E402,F401
 from adapt.methods import fine_tune  # noqa: E402,F401
 from adapt.methods import lwf  # noqa: E402,F401
+from adapt.methods import translate_train  # noqa: E402,F401
+from adapt.methods import shared_latent  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "StepContext", "Term", "get_method", "register_method", "resolve_terms"]

@@ -10,8 +10,9 @@
   transform_batch(batch, key) -> batch: runs first in every step (e.g. strong augmentation of a view).
   teacher(state) -> variables: a model whose outputs (no gradient) the context carries as
     `ctx.teacher_outputs[domain]` and `ctx.teacher_features[domain]`.
-  pseudo_labels: the target labels the step sees are the model's own detections (the method supervises
-    'target' without using true target labels).
+  own_target_labels: the target labels the step sees are made by the method (the model's own detections,
+    or source labels carried over to translated source images): it supervises 'target' without ever
+    reading a true target label.
   fit(run) -> state: the method schedules its own training (e.g. rounds) from an
     `adapt.methods.trainer.TrainRun`; default: one loop of num_steps.
   configure(config) -> Method: the method with the settings of its config block bound into its hooks and
@@ -26,8 +27,9 @@
     statistics.
   reinit: regex of 'detector/...' variable paths freshly initialised instead of taken from init_run /
     init_from (a new head); '' = none.
-  target_data(builder, split) -> TrainData: the target training examples it selects (e.g. N labelled
-    images) instead of the whole `target_split`.
+  target_data(source_builder, target_builder) -> TrainData: the target training examples it selects or
+    makes (N labelled images of `target_split`, translated source images) instead of the whole
+    `target_split`; its settings are bound by `configure`.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class Method:
     after_update: Callable | None = None
     transform_batch: Callable | None = None
     teacher: Callable | None = None
-    pseudo_labels: bool = False
+    own_target_labels: bool = False
     fit: Callable | None = None
     configure: Callable | None = None
     hparams: dict = dataclasses.field(default_factory=dict)
@@ -63,7 +65,7 @@ class Method:
 
     @property
     def uses_target_labels(self) -> bool:
-        return 'target' in self.supervised and not self.pseudo_labels
+        return 'target' in self.supervised and not self.own_target_labels
 
 
 def register_method(method: Method) -> Method:

@@ -16,7 +16,6 @@ feature extractor under a new head. run.json stores the subset's split positions
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 
 import numpy as np
@@ -93,8 +92,9 @@ def settings(config, frozen=()) -> dict:
     frozen = tuple(frozen) + ((_pattern('freeze', ft.freeze),) if ft.freeze else ())
     return dict(supervised=('source', 'target') if ft.keep_source else ('target',),
                 param_groups=tuple((p, 0.0) for p in frozen),
-                target_data=functools.partial(labelled_target, num_labelled=ft.num_labelled, seed=ft.seed,
-                                              batch_size=config.batch_size))
+                target_data=lambda _, target_builder: labelled_target(
+                    target_builder, config.target_split, num_labelled=ft.num_labelled, seed=ft.seed,
+                    batch_size=config.batch_size))
 
 
 FINE_TUNE = register_method(Method(

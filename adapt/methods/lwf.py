@@ -33,7 +33,7 @@ def configure(config) -> Method:
         return dataclasses.replace(LWF, **fine_tune.settings(config))
     if labels == 'pseudo_label':
         pseudo_label.check_rounds(config)
-        return dataclasses.replace(LWF, supervised=('source', 'target'), pseudo_labels=True, fit=pseudo_label.fit)
+        return dataclasses.replace(LWF, supervised=('source', 'target'), own_target_labels=True, fit=pseudo_label.fit)
     raise ValueError(f'unknown lwf.labels {labels!r}; valid choices: {", ".join(LABELS)}')
 
 

@@ -100,7 +100,7 @@ def _predict_target(run, variables):
     pipeline = DetectionPipeline(run.target_builder, split=config.target_split, train=False,
                                  global_batch_size=config.eval_batch_size, image_size=image_size(config),
                                  max_boxes=config.max_boxes)
-    return predict_split(make_predict_fn(run.setup.detector, run.mesh), variables, pipeline, run.mesh)
+    return predict_split(make_predict_fn(run.setup.detector.for_input('target'), run.mesh), variables, pipeline, run.mesh)
 
 
 def _state_at(run, template, step: int):
@@ -173,4 +173,4 @@ def configure(config) -> Method:
 
 PSEUDO_LABEL = register_method(Method(
     'pseudo_label', 'labelled source + the model\'s own confident target detections, retrained in rounds',
-    supervised=('source', 'target'), pseudo_labels=True, fit=fit, configure=configure))
+    supervised=('source', 'target'), own_target_labels=True, fit=fit, configure=configure))

@@ -75,12 +75,13 @@ def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, a
                               key=key, aux=state.aux.get('method'), axis_name=axis_name)
             new_stats = None
             for domain in domains:
-                outputs, features, stats = detector.apply(variables, view(batch[domain], True), train=True)
+                routed = detector.for_input(domain)
+                outputs, features, stats = routed.apply(variables, view(batch[domain], True), train=True)
                 setattr(ctx, f'{domain}_outputs', outputs)
                 setattr(ctx, f'{domain}_features', features)
                 new_stats = stats if new_stats is None else new_stats  # the first pass: source if read
                 if teacher_vars is not None:
-                    t_out, t_feat, _ = detector.apply(lax.stop_gradient(teacher_vars), view(batch[domain], False))
+                    t_out, t_feat, _ = routed.apply(lax.stop_gradient(teacher_vars), view(batch[domain], False))
                     ctx.teacher_outputs[domain], ctx.teacher_features[domain] = t_out, t_feat
             total, metrics = 0.0, {}
             for term in active:

@@ -59,14 +59,17 @@ def setup(config, num_classes) -> Setup:
     if method.configure is not None:
         method = method.configure(config)
     terms = resolve_terms(method, config.adaptation_losses, config.adaptation_hparams.to_dict())
-    frozen = tuple(str(p) for p, m in optimizer_settings(config, method).param_groups if float(m) == 0.0)
-    return Setup(build_detector(config, num_classes), method, terms, frozen, strong_domains(config, method))
+    detector = build_detector(config, num_classes)
+    frozen = tuple(str(p) for p, m in optimizer_settings(config, method, detector).param_groups if float(m) == 0.0)
+    return Setup(detector, method, terms, frozen, strong_domains(config, method))
 
 
-def optimizer_settings(config, method) -> OptimizerConfig:
-    """The preset's optimizer with the method's own parameter groups first (first match wins)."""
+def optimizer_settings(config, method, detector) -> OptimizerConfig:
+    """The preset's optimizer with the method's own parameter groups and the detector's frozen parameters
+    first (first match wins)."""
     settings = optimizer_config(config)
-    groups = tuple((str(p), float(m)) for p, m in method.param_groups)
+    groups = tuple((str(p), float(m)) for p, m in method.param_groups) + tuple(
+        (p, 0.0) for p in detector.frozen_params)
     return dataclasses.replace(settings, param_groups=groups + settings.param_groups)
 
 
@@ -134,7 +137,7 @@ def init_state(config, s: Setup) -> TrainState:
     if s.method.init_aux is not None:
         aux['method'] = s.method.init_aux(variables)
     return TrainState.create({'detector': variables['params'], 'adaptation': extra},
-                             make_optimizer(optimizer_settings(config, s.method)),
+                             make_optimizer(optimizer_settings(config, s.method, s.detector)),
                              rng=config.seed, batch_stats=variables['batch_stats'], aux=aux)
 
 
@@ -159,18 +162,19 @@ def train_data(config, s: Setup, source_builder, target_builder) -> dict:
     if 'source' in s.domains:
         data['source'] = whole_split(source_builder, config.train_split)
     if 'target' in s.domains:
-        data['target'] = (s.method.target_data or whole_split)(target_builder, config.target_split)
+        data['target'] = (s.method.target_data(source_builder, target_builder) if s.method.target_data
+                          else whole_split(target_builder, config.target_split))
     return data
 
 
 def data_iterator(config, s: Setup, source_builder, target_builder, data=None) -> ZipIterator:
     """Batches of the domains the method reads, `batch_size` each, with the same augmentation (and strong
     views where `s.strong` says); the target keeps its labels only for a method that declares it uses them,
-    or for a pseudo-label method, whose target `data` are its own pseudo-labelled examples (never the true
-    labels: such a method must pass them). `data`: `train_data` (computed when not given)."""
-    if s.method.pseudo_labels and 'target' in s.domains and (not data or data['target'].split is not None):
+    or for a method with its own target labels, whose target `data` are the examples it made (never a TFDS
+    split, which would carry the true labels: such a method must pass them). `data`: `train_data` (computed when not given)."""
+    if s.method.own_target_labels and 'target' in s.domains and (not data or data['target'].split is not None):
         # a TFDS split here would carry the true target labels into the step
-        raise ValueError(f'method {s.method.name!r} trains on pseudo-labels: pass its pseudo-labelled target data')
+        raise ValueError(f'method {s.method.name!r} makes its own target labels: pass the target data it made')
     data = data or train_data(config, s, source_builder, target_builder)
     pipelines, fields = {}, {}
     strong = lambda domain: ('image_strong',) * (domain in s.strong)  # noqa: E731
@@ -181,7 +185,7 @@ def data_iterator(config, s: Setup, source_builder, target_builder, data=None) -
     if 'target' in s.domains:
         pipelines['target'] = train_pipeline(config, data['target'].examples, data['target'].split, config.seed + 1,
                                              'target' in s.strong)
-        labelled = s.method.uses_target_labels or s.method.pseudo_labels
+        labelled = s.method.uses_target_labels or s.method.own_target_labels
         fields['target'] = (TRAIN_FIELDS if labelled else ('image',)) + strong('target')
     return ZipIterator(pipelines, fields)
 

@@ -17,6 +17,11 @@ train step, the evaluator, inference and the frozen-feature code use only this i
   postprocess(outputs) -> adapt.nms.Detections with [B, max_detections] rows and num_valid [B].
   backbone(variables) -> (backbone name, module, its variables); with_backbone(variables, tree) puts
       imported backbone weights in place: parameter paths stay inside the family's module.
+  for_input(name) -> Detector: the detector for inputs of `name`, a training domain ('source', 'target')
+      or an evaluation split ('validation_night'); the same variables fit every one. A family with
+      domain-specific layers (shared_latent: one encoder per domain) routes there; default: itself.
+  frozen_params: regexes of 'detector/...' parameter paths the family never trains (shared_latent's frozen
+      encoder), frozen in the optimizer under every method; default: none.
 """
 from __future__ import annotations
 
@@ -54,9 +59,22 @@ class Detector(abc.ABC):
     @abc.abstractmethod
     def with_backbone(self, variables, collection, tree): ...
 
+    def for_input(self, name: str) -> 'Detector':
+        return self
+
+    @property
+    def frozen_params(self) -> tuple:
+        return ()
+
+
+def detector_families() -> list:
+    """The registered family names, the built-in ones registered first."""
+    import adapt.models.ssd  # noqa: F401
+    import adapt.models.shared_latent  # noqa: F401
+    return DETECTORS.names()
+
 
 def build_detector(config, num_classes: int) -> Detector:
     """The family `config.detector` built from its block `config[config.detector]`."""
-    import adapt.models.ssd  # noqa: F401  (registers the built-in families)
-    build = DETECTORS.get(config.detector)
-    return build(config, num_classes)
+    detector_families()
+    return DETECTORS.get(config.detector)(config, num_classes)

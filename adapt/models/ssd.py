@@ -47,8 +47,24 @@ def level_ratios(aspect_ratios, num_levels):
     return [tuple(r) for r in aspect_ratios]
 
 
+def extra_layers(x, extra_channels, train=False, frozen_bn=False, axis_name=None, dtype=jnp.float32):
+    """SSD's extra levels after the map `x`: per entry c of `extra_channels`, a 1x1 conv to c/2 and a 3x3
+    stride-2 conv to c (each + BN + ReLU). Call it inside a compact module: the layers ('extra{i}_conv{j}',
+    'extra{i}_bn{j}') become that module's own, so every family keeps the same parameter paths."""
+    maps = []
+    for i, channels in enumerate(extra_channels):
+        for j, (c, k, s) in enumerate(((max(channels // 2, 8), 1, 1), (channels, 3, 2))):
+            x = nn.Conv(c, (k, k), strides=(s, s), use_bias=False, kernel_init=conv_init, dtype=dtype,
+                        name=f'extra{i}_conv{j}')(x)
+            x = nn.BatchNorm(use_running_average=frozen_bn or not train, momentum=0.99, epsilon=1e-5,
+                             axis_name=axis_name, dtype=dtype, name=f'extra{i}_bn{j}')(x)
+            x = nn.relu(x)
+        maps.append(x)
+    return maps
+
+
 class SSDFeatures(nn.Module):
-    """Backbone levels, then extra layers (1x1 conv to c/2, 3x3 stride-2 conv to c, each + BN + ReLU)."""
+    """Backbone levels, then `extra_layers`."""
     backbone: str
     levels: Sequence[str]
     extra_channels: Sequence[int]
@@ -65,16 +81,7 @@ class SSDFeatures(nn.Module):
         net = BACKBONES[self.backbone](width=self.width, name='backbone', **bn, **dict(self.backbone_kwargs or {}))
         feats = net(x, train=train)
         maps = [feats[name] for name in self.levels]
-        x = maps[-1]
-        for i, channels in enumerate(self.extra_channels):
-            for j, (c, k, s) in enumerate(((max(channels // 2, 8), 1, 1), (channels, 3, 2))):
-                x = nn.Conv(c, (k, k), strides=(s, s), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                            name=f'extra{i}_conv{j}')(x)
-                x = nn.BatchNorm(use_running_average=self.frozen_bn or not train, momentum=0.99, epsilon=1e-5,
-                                 axis_name=self.axis_name, dtype=self.dtype, name=f'extra{i}_bn{j}')(x)
-                x = nn.relu(x)
-            maps.append(x)
-        return maps
+        return maps + extra_layers(maps[-1], self.extra_channels, train, **bn)
 
 
 class SSD(nn.Module):
@@ -292,19 +299,28 @@ class SSDDetector(Detector):
         return {**variables, collection: {**variables[collection], 'features': features}}
 
 
+def detector_settings(variant, block) -> dict:
+    """SSDDetector's matcher, loss, post-processing and instance settings of `variant` from a family block
+    (shared by every family with SSD's head)."""
+    defaults = VARIANTS[variant]
+    matcher = {'matched_threshold': defaults['matched_threshold'],
+               'unmatched_threshold': defaults['unmatched_threshold'],
+               **{k: v for k, v in dict(block.matcher).items() if v is not None}}
+    return dict(matcher=matcher, loss_settings=dict(classification=defaults['classification'], **dict(block.loss)),
+                postprocess_settings=dict(block.postprocess),
+                instance_top_k=int(block.model.get('instance_top_k', 64)))
+
+
 def build(variant, config, num_classes, axis_name='data'):
     """The `variant` ('ssd' | 'retinanet') from `config[variant]`: blocks `model` (SSD fields, plus
     `instance_top_k`), `matcher` (assign_targets arguments; None thresholds take the variant's),
     `loss` (ssd_loss hparams) and `postprocess` (see `postprocess`)."""
-    defaults, block = VARIANTS[variant], config[variant]
+    block = config[variant]
     size = config_image_size(config)
-    model = SSD(num_classes=num_classes, head=defaults['head'], axis_name=axis_name, **model_fields(block.model))
-    matcher = {'matched_threshold': defaults['matched_threshold'],
-               'unmatched_threshold': defaults['unmatched_threshold'],
-               **{k: v for k, v in dict(block.matcher).items() if v is not None}}
+    model = SSD(num_classes=num_classes, head=VARIANTS[variant]['head'], axis_name=axis_name,
+                **model_fields(block.model))
     return SSDDetector(variant, num_classes, size, model, model.clone(axis_name=None), model.anchors(size),
-                       matcher, dict(classification=defaults['classification'], **dict(block.loss)),
-                       dict(block.postprocess), int(block.model.get('instance_top_k', 64)))
+                       **detector_settings(variant, block))
 
 
 for _variant in VARIANTS:

@@ -2,21 +2,25 @@
 
     python -m experiments.train_detector --workdir=/tmp/ssd_quick                      # the burn-in
     python -m experiments.adapt_detector --workdir=/tmp/dann --config.method=dann --config.init_run=/tmp/ssd_quick
-    python -m experiments.adapt_detector --workdir=/tmp/mean_teacher --config.method=mean_teacher \
-        --config.init_run=/tmp/ssd_quick
+    python -m experiments.adapt_detector --workdir=/tmp/mean_teacher \
+        --config=experiments/configs/adapt_quick.py:mean_teacher --config.init_run=/tmp/ssd_quick
 
 Labelled day (train_day) and unlabelled night (train_night) of daynight_synth/r128_small, batch 32 per
 domain, 300 steps at a tenth of the source run's peak learning rate; every method, source_only and
-oracle included, gets exactly this schedule and augmentation. mean_teacher's student sees strong target
-views and its teacher follows at decay 0.99 (a 100-step horizon for 300 steps); give a baseline the same
-with --config.strong_augment.domains=source (oracle: target) and --config.ema_decay=0.99.
+oracle included, gets exactly this schedule and augmentation. `adapt_quick.py:METHOD` is this preset for
+one method (the same as --config.method=METHOD). shared_latent trains a fresh head instead of continuing
+the burn-in: experiments/configs/shared_latent_quick.py; translate_train also needs --config.translator.
+mean_teacher's student sees strong target views and its teacher follows at decay 0.99 (a 100-step horizon
+for 300 steps); give a baseline the same with --config.strong_augment.domains=source (oracle: target) and
+--config.ema_decay=0.99. pseudo_label: 3 rounds of 100 steps; fine_tune / feature_extract / lwf: 100
+labelled night images.
 """
 from experiments.configs import ssd_quick
 
 
-def get_config():
+def get_config(method: str = 'dann'):
     c = ssd_quick.get_config()
-    c.method = 'dann'
+    c.method = method
     c.num_steps = 300
     c.lr = 3e-4
     c.optimizer.warmup_steps = 20

@@ -30,7 +30,7 @@ def get_config():
     c.train_split = 'train_day'
     c.eval_splits = 'validation_day,validation_dusk,validation_night'
     c.eval_examples = 0               # per split; 0 = the whole split
-    c.detector = 'ssd'                # ssd | retinanet (adapt.models.detector.DETECTORS)
+    c.detector = 'ssd'                # ssd | retinanet | shared_latent (adapt.models.detector.DETECTORS)
     c.seed = 0
     c.image_size = 160
     c.max_boxes = 16
@@ -40,6 +40,16 @@ def get_config():
     # One settings block per detector family; `detector` picks the one in use.
     c.ssd = ssd_block()
     c.retinanet = ssd_block()
+    # shared_latent: SSD's head on the latent map of a finished UNIT run's encoders (stride 4 with n_downsample
+    # 2), then the extra stride-2 levels; no backbone. Night inputs go through the night encoder.
+    c.shared_latent = ssd_block()
+    for key in ('backbone', 'width', 'levels', 'backbone_kwargs'):
+        del c.shared_latent.model[key]
+    c.shared_latent.model.update(dict(extra_channels=(64, 64), aspect_ratios=((2.0, 3.0), (2.0, 3.0), (2.0,))))
+    c.shared_latent.unit_run = ''             # a finished train_unit workdir (its encoders; its UNIT settings)
+    c.shared_latent.variant = 'ssd'           # ssd (softmax) | retinanet (sigmoid, focal) head
+    c.shared_latent.train_encoder = False     # False: the encoder stays frozen
+    c.shared_latent.target_inputs = 'night,dusk'  # input names routed through the night (b) encoder
     c.optimizer = ml_collections.ConfigDict(dict(
         name='adamw', schedule='cosine', warmup_steps=50, end_factor=0.0, weight_decay=5e-4, clip_norm=10.0))
     c.lr = 3e-3                       # peak learning rate (the optimizer's total_steps is num_steps)
@@ -62,7 +72,8 @@ def get_config():
     c.init_from = ''                  # backbone checkpoint from experiments.import_weights
     # Methods (adapt.methods; train_detector runs source_only, adapt_detector any of them).
     c.method = 'source_only'          # source_only | oracle | dann | mmd | coral | entropy | mean_teacher |
-    #                                   pseudo_label | fine_tune | feature_extract | lwf (adapt.methods.METHODS)
+    #                                   pseudo_label | fine_tune | feature_extract | lwf | shared_latent |
+    #                                   translate_train (adapt.methods.METHODS)
     c.adaptation_losses = ''          # 'name:weight,...' (also package.module:function); '' = the method's
     c.adaptation_hparams = ml_collections.ConfigDict(dict(   # '' level = the detector's alignment level
         dann_image=dict(level='', hidden=64, gamma=10.0), dann_instance=dict(hidden=64, gamma=10.0),
@@ -73,6 +84,8 @@ def get_config():
     c.target_eval_splits = ''         # evaluation splits of target_dataset (when it differs)
     c.ema_decay = 0.0                 # > 0: train an EMA of the weights and evaluate it
     c.init_run = ''                   # a finished detector run to start from (fresh optimizer and schedule)
+    c.translator = ''                 # a finished train_unit run whose frozen generator translates source ->
+    #                                   target (translate_train)
     # pseudo_label: rounds x steps_per_round must be num_steps (one learning-rate schedule over all rounds)
     c.pseudo_label = ml_collections.ConfigDict(dict(threshold=0.5, rounds=3, steps_per_round=100))
     # mean_teacher: the teacher's EMA decay (Adaptive Teacher: 0.9996 over 100k steps; adapt_quick: 0.99), the
