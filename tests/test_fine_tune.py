@@ -137,20 +137,22 @@ def test_feature_extract_starts_a_fresh_head_and_keeps_the_backbone_bit_identica
 
 
 def test_fine_tune_reads_target_labels_and_one_device_equals_four():
-    """fine_tune with the backbone frozen by `freeze`: 1 and 4 devices agree (parameters, statistics,
-    optimizer state, metrics), and other target labels give another step."""
+    """fine_tune with the source kept and the backbone frozen by `freeze`: 1 and 4 devices agree
+    (parameters, statistics, optimizer state, metrics), and other target labels give another step. (The
+    detection loss on both domains is also the step of pseudo_label and translate_train.)"""
     config = tiny_config(method='fine_tune', num_steps=10)
-    config.fine_tune.freeze = BACKBONE
-    target = _batch(1)
+    config.fine_tune.update(dict(freeze=BACKBONE, keep_source=True))
+    source, target = _batch(0), _batch(1)
     state, one = _stepper(config, 1)
     _, four = _stepper(config, 4)
-    (s1, m1), (s4, m4) = one(state, {'target': target}), four(state, {'target': target})
+    (s1, m1), (s4, m4) = (run(state, {'source': source, 'target': target}) for run in (one, four))
     _assert_trees((s1.params, s1.batch_stats, s1.opt_state), (s4.params, s4.batch_stats, s4.opt_state))
-    assert set(m1) == set(m4) == {'loss', 'detection_target'} | {k for k in m1 if k.startswith('detection_target/')}
+    assert set(m1) == set(m4) == {'loss', 'detection_source', 'detection_target'} | {
+        k for k in m1 if k.startswith(('detection_source/', 'detection_target/'))}
     for k in m1:
         np.testing.assert_allclose(m1[k], m4[k], rtol=1e-4, atol=1e-6, err_msg=k)
     other = dict(target, labels=np.where(target['mask'], (target['labels'] + 1) % 3, -1))
-    s_other, m_other = four(state, {'target': other})
+    s_other, m_other = four(state, {'source': source, 'target': other})
     assert m_other['detection_target'] != m4['detection_target']
     assert not np.array_equal(s_other.params['detector']['cls0']['kernel'], s4.params['detector']['cls0']['kernel'])
     jax.tree.map(np.testing.assert_array_equal, s4.params['detector']['features']['backbone'],

@@ -1,5 +1,10 @@
 """Methods on the generic step: loss terms against hand / NumPy computations, 1 device == 4 devices with every
-term on, weight 0 == source only, target labels never matter to an unsupervised method."""
+term on, weight 0 == source only, target labels never matter to an unsupervised method.
+
+1 device == 4 devices for every method: each method's step is a subset of the terms and hooks of
+`test_hooks` below (pseudo_label and translate_train: the detection loss on both domains, tested as
+fine_tune with keep_source), plus its own checks where it adds something: mean_teacher (tests/test_mean_teacher.py),
+fine_tune's frozen groups (tests/test_fine_tune.py), shared_latent's detector (tests/test_shared_latent.py)."""
 import os
 import types
 

@@ -1,7 +1,6 @@
 """translate_train: the translated set equals the UNIT generator applied directly and keeps every source box;
 it is written once (a killed write leaves no file that is read) and read back; the target batches of the
-step carry translated pixels with the source boxes; a tiny run trains end to end; bad settings are one line."""
-import json
+step carry translated pixels with the source boxes; run.json records them; bad settings are one line."""
 import os
 import shutil
 
@@ -13,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from adapt.datasets.two_domain import TRAIN_FIELDS
 from adapt.methods import translate_train
-from adapt.methods.trainer import data_iterator, setup, train, train_data
+from adapt.methods.trainer import data_iterator, run_record, setup, train_data
 from adapt.models.unit import UNIT
 from adapt.runs import load_run, write_run
 from tests.tiny_config import tiny_config
@@ -152,20 +151,18 @@ def test_target_batches_carry_translated_pixels_and_the_source_boxes(builder, tr
         assert batch['mask'][row].sum() == count
 
 
-def test_a_tiny_run_trains_on_the_translations_and_records_them(builder, translator, tmp_path):
-    # one step: a second would start a second epoch of the 4-image splits, which costs seconds here
-    config = _config(translator, num_steps=1, num_draw=0, tensorboard=False)
-    config.optimizer.warmup_steps = 0
-    summary = train(config, builder, workdir=str(tmp_path), print_fn=lambda line: None)
-    assert np.isfinite(summary['validation_day']['AP50'])
-    run = json.load(open(tmp_path / 'run.json'))
-    assert run['samples'] == {'source': 4, 'target': 4} and run['uses_target_labels'] is False
-    assert run['terms'] == {'detection_source': 1.0, 'detection_target': 1.0}
-    record = run['translated_source']
-    assert record['split'] == SPLIT and record['step'] == 0 and record['num_images'] == 4
-    assert record['cache'] == translate_train.cache_path(translator, builder, SPLIT, 0)
-    logged = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-    assert {'detection_source', 'detection_target'} <= {k for row in logged if row['split'] == 'train' for k in row}
+def test_the_run_record_names_the_translations(builder, translator):
+    """What run.json keeps (`trainer.run_record`, which `train` writes): the samples of both domains, the
+    translations' record, no target labels used, a detection loss on each domain. (The step itself is the
+    detection loss on both domains: tests/test_fine_tune.py's keep_source step, 1 device == 4.)"""
+    config = _config(translator)
+    s = setup(config, _num_classes(builder))
+    record = run_record(config, s, builder, data=train_data(config, s, builder, builder))
+    assert record['samples'] == {'source': 4, 'target': 4} and record['uses_target_labels'] is False
+    assert record['terms'] == {'detection_source': 1.0, 'detection_target': 1.0}
+    translated = record['translated_source']
+    assert translated['split'] == SPLIT and translated['step'] == 0 and translated['num_images'] == 4
+    assert translated['cache'] == os.path.abspath(translate_train.cache_path(translator, builder, SPLIT, 0))
 
 
 def test_bad_translators_are_one_line_errors(tmp_path):
