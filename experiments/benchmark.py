@@ -138,7 +138,8 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     model = config[config.detector].model
     return {
         'backend': jax.default_backend(), 'devices': devices, 'device_kind': jax.devices()[0].device_kind,
-        'backbone': model.get('backbone', 'none'), 'width': model.get('width', 1.0), 'detector': config.detector, 'method': config.method,
+        'backbone': model.get('backbone', 'none'), 'width': model.get('width', 1.0), 'detector': config.detector,
+        'method': config.method,
         'image_size': config.image_size, 'batch_size': b, 'num_anchors': len(detector.anchors),
         'parameters': int(params),
         'train_compile_s': train_compile, 'train_step_ms': step_s * 1e3, 'train_images_per_s': b / step_s,

@@ -100,7 +100,8 @@ def _predict_target(run, variables):
     pipeline = DetectionPipeline(run.target_builder, split=config.target_split, train=False,
                                  global_batch_size=config.eval_batch_size, image_size=image_size(config),
                                  max_boxes=config.max_boxes)
-    return predict_split(make_predict_fn(run.setup.detector.for_input('target'), run.mesh), variables, pipeline, run.mesh)
+    predict = make_predict_fn(run.setup.detector.for_input('target'), run.mesh)
+    return predict_split(predict, variables, pipeline, run.mesh)
 
 
 def _state_at(run, template, step: int):

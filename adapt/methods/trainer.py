@@ -171,7 +171,8 @@ def data_iterator(config, s: Setup, source_builder, target_builder, data=None) -
     """Batches of the domains the method reads, `batch_size` each, with the same augmentation (and strong
     views where `s.strong` says); the target keeps its labels only for a method that declares it uses them,
     or for a method with its own target labels, whose target `data` are the examples it made (never a TFDS
-    split, which would carry the true labels: such a method must pass them). `data`: `train_data` (computed when not given)."""
+    split, which would carry the true labels: such a method must pass them). `data`: `train_data`
+    (computed when not given)."""
     if s.method.own_target_labels and 'target' in s.domains and (not data or data['target'].split is not None):
         # a TFDS split here would carry the true target labels into the step
         raise ValueError(f'method {s.method.name!r} makes its own target labels: pass the target data it made')
