@@ -154,6 +154,19 @@ def test_same_seed_same_stream_other_seed_differs():
     assert not np.array_equal(a[0]["index"], a[2]["index"])  # epoch 1 is shuffled afresh
 
 
+def test_epochs_read_through_one_dataset_equal_one_dataset_per_epoch(monkeypatch):
+    """Consecutive epochs share a tf.data dataset (EPOCHS_PER_DATASET of them): the batches are those of one
+    dataset per epoch, and every epoch reads each example once (10 examples, 2 batches of 4 per epoch)."""
+    examples = [_example(i) for i in range(10)]
+    shared = _take(_pipe(_dataset(examples), seed=3), 10)
+    monkeypatch.setattr(pl, "EPOCHS_PER_DATASET", 1)
+    for x, y in zip(shared, _take(_pipe(_dataset(examples), seed=3), 10)):
+        _assert_batches_equal(x, y)
+    for epoch in range(5):
+        read = np.concatenate([b["index"] for b in shared[2 * epoch:2 * epoch + 2]])
+        assert len(set(read.tolist())) == 8 and set(read.tolist()) <= set(range(10))
+
+
 @pytest.mark.parametrize("k", [1, 2])  # mid-epoch, and at an epoch end (10 examples, 2 batches of 4 per epoch)
 def test_resume_gives_byte_identical_batches(k):
     examples = [_example(i) for i in range(10)]

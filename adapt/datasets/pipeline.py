@@ -30,6 +30,9 @@ import tensorflow_datasets as tfds
 
 from adapt.datasets import augment as aug
 
+# Training epochs per tf.data dataset: a new dataset costs ~0.5 s to instantiate (its functions), most of a
+# short epoch, so consecutive epochs are read through one dataset (and one iterator).
+EPOCHS_PER_DATASET = 8
 REQUIRED = {"image": "image", "bbox": "objects/bbox", "label": "objects/label"}
 OPTIONAL = {"difficult": "objects/is_difficult", "crowd": "objects/is_crowd", "image_id": "image/id"}
 PER_OBJECT_BOOL = ("difficult", "crowd")
@@ -254,20 +257,35 @@ class DetectionPipeline:
         self._next_rank = self.layout.shard_before(index)
 
     # ----- tf.data graph
-    def _epoch_dataset(self):
-        lay, epoch, index = self.layout, self._epoch, self._index
+    def _one_epoch(self, epoch, shuffle_seed, skip: bool):
+        """This process's prepared rows of one epoch (`epoch`: an int64 tensor), from the current position
+        when `skip` (a bool tensor) is true, else from the epoch's start."""
+        lay, index = self.layout, self._index
         ds = self._source
-        if self.train:
-            ds = ds.shuffle(self.shuffle_buffer, seed=_epoch_seed(self.seed, epoch), reshuffle_each_iteration=False)
-        ds = ds.enumerate().take(self._read).skip(index // lay.global_batch * lay.global_batch)
+        if shuffle_seed is not None:
+            ds = ds.shuffle(self.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        skip_global, skip_local = index // lay.global_batch * lay.global_batch, lay.shard_before(index)
+        ds = ds.enumerate().take(self._read).skip(tf.where(skip, tf.constant(skip_global, tf.int64), 0))
         ds = ds.filter(_plain(lambda g, _: (g % lay.global_batch) // lay.local_batch == lay.process_index))
-        ds = ds.skip(lay.shard_before(index) - index // lay.global_batch * lay.local_batch)
-        epoch_t = tf.constant(epoch, tf.int64)
-        prepare = lambda g, item: self._prepare_row(g, item[0], item[1], epoch_t)
+        local = skip_local - skip_global // lay.global_batch * lay.local_batch
+        ds = ds.skip(tf.where(skip, tf.constant(local, tf.int64), 0))
+        prepare = lambda g, item: self._prepare_row(g, item[0], item[1], epoch)
         ds = ds.map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.ignore_errors(log_warning=True)
-        if self.train:
-            ds = ds.batch(lay.local_batch)
+        return ds.ignore_errors(log_warning=True)
+
+    def _dataset(self):
+        """Eval: the one epoch from the current position. Train: batches of EPOCHS_PER_DATASET epochs from the
+        current position on, each batch tagged with its epoch's offset `_k` (0 = the current epoch)."""
+        if not self.train:
+            ds = self._one_epoch(tf.constant(self._epoch, tf.int64), None, tf.constant(True))
+        else:
+            first = self._epoch
+            seeds = tf.constant([_epoch_seed(self.seed, first + k) for k in range(EPOCHS_PER_DATASET)], tf.int64)
+
+            def epoch_batches(k):
+                rows = self._one_epoch(first + k, seeds[k], tf.equal(k, 0))
+                return rows.batch(self.layout.local_batch).map(_plain(lambda batch: {**batch, "_k": k}))
+            ds = tf.data.Dataset.range(EPOCHS_PER_DATASET).flat_map(_plain(epoch_batches))
         options = tf.data.Options()
         options.deterministic = True
         return ds.prefetch(self.prefetch).with_options(options)
@@ -306,15 +324,18 @@ class DetectionPipeline:
         lay, empty_epochs = self.layout, 0
         while True:
             if self._it is None:
-                self._it = self._epoch_dataset().as_numpy_iterator()
+                self._it, self._it_epoch = self._dataset().as_numpy_iterator(), self._epoch
             batch = next(self._it, None)
-            if batch is None:
+            epoch = self._it_epoch + (EPOCHS_PER_DATASET if batch is None else int(batch.pop("_k")))
+            while self._epoch < epoch:  # the epochs before this batch's have ended
                 self._add_unreadable(lay.shard_before(self._read) - self._next_rank)
                 empty_epochs = 0 if self._yielded else empty_epochs + 1
                 if empty_epochs > 1:
                     raise RuntimeError(f"a whole epoch gave no batch: {self.num_unreadable} of "
                                        f"{self.num_examples} examples unreadable")
-                self.restore({"epoch": self._epoch + 1, "index": 0})
+                self._epoch, self._index, self._next_rank, self._yielded = self._epoch + 1, 0, 0, False
+            if batch is None:
+                self._it = None
                 continue
             self._count_gaps(batch["_g"])
             if len(batch["_g"]) == lay.local_batch:  # short only when unreadable examples ran the epoch dry
@@ -327,7 +348,7 @@ class DetectionPipeline:
         if k >= self.steps_per_epoch:
             raise StopIteration
         if self._it is None:
-            ds = self._epoch_dataset()
+            ds = self._dataset()
             self._spec, self._it = ds.element_spec, ds.as_numpy_iterator()
         rows = {}
         while True:
