@@ -181,7 +181,8 @@ def test_bad_settings_are_one_line_errors(key, value, needle):
 
 def test_stopped_and_resumed_run_has_a_bit_identical_student_and_teacher(tmp_path, env, source_run, monkeypatch):
     """The run goes through experiments/adapt_detector.py as a user runs it, with a user's own loss from a
-    file outside adapt/ added to the method's (`user_losses:pull`, see tests/test_adapt_detector.py); a
+    file outside adapt/ added to the method's (`user_losses:pull`, see tests/test_adapt_detector.py) and
+    dann's image-level domain classifier (trainable parameters of a loss term, checkpointed too); a
     copy of it without its step-4 checkpoint (what a stop after step 3 leaves) resumes from Python from the
     step-2 checkpoint and ends bit-identical. (SIGKILL at any point of the loop:
     tests/test_training_resume.py.)"""
@@ -193,7 +194,7 @@ def test_stopped_and_resumed_run_has_a_bit_identical_student_and_teacher(tmp_pat
     (tmp_path / 'user_losses.py').write_text(USER_LOSSES)
     user_env = (dict(env[0], PYTHONPATH=f'{env[0]["PYTHONPATH"]}{os.pathsep}{tmp_path}'), env[1])
     settings = dict(method='mean_teacher', init_run=source_run[0], target_split='train_night',
-                    adaptation_losses='mean_teacher:1.0,user_losses:pull:1.0')
+                    adaptation_losses='mean_teacher:1.0,user_losses:pull:1.0,dann_image:0.1')
     out = finish(start([f'--workdir={tmp_path / "whole"}', f'--data_dir={env[1]}', *TINY,
                         f'--config.mean_teacher.decay={DECAY}', '--config.mean_teacher.threshold=0.2',
                         *(f'--config.{k}={v}' for k, v in settings.items())], user_env, 'adapt_detector'))[1]
@@ -212,7 +213,8 @@ def test_stopped_and_resumed_run_has_a_bit_identical_student_and_teacher(tmp_pat
 
     (step_w, w), (step_k, k) = (final_params(str(tmp_path / d)) for d in ('whole', 'stopped'))
     assert step_w == step_k == 4
-    jax.tree.map(np.testing.assert_array_equal, w, k)  # student, teacher, optimizer: bit-identical
+    jax.tree.map(np.testing.assert_array_equal, w, k)  # student, teacher, classifier, optimizer: bit-identical
+    assert set(w['params']['adaptation']) == {'dann_image'}
     teacher, student = w['aux']['method']['teacher'], {'params': w['params']['detector'],
                                                        'batch_stats': w['batch_stats']}
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(teacher), jax.tree.leaves(student)))
@@ -227,4 +229,4 @@ def test_stopped_and_resumed_run_has_a_bit_identical_student_and_teacher(tmp_pat
     assert gaps and all(np.isfinite(gaps)) and any(g != 0 for g in gaps)  # the user's term was computed
     run = json.load(open(tmp_path / 'whole' / 'run.json'))
     assert run['uses_target_labels'] is False
-    assert run['terms'] == {'detection_source': 1.0, 'mean_teacher': 1.0, 'user_losses:pull': 1.0}
+    assert run['terms'] == {'detection_source': 1.0, 'mean_teacher': 1.0, 'user_losses:pull': 1.0, 'dann_image': 0.1}

@@ -10,9 +10,10 @@ domain, 300 steps at a tenth of the source run's peak learning rate; every metho
 oracle included, gets exactly this schedule and augmentation. `adapt_quick.py:METHOD` is this preset for
 one method (the same as --config.method=METHOD). shared_latent trains a fresh head instead of continuing
 the burn-in: experiments/configs/shared_latent_quick.py; translate_train also needs --config.translator.
-mean_teacher's student sees strong target views and its teacher follows at decay 0.99 (a 100-step horizon
-for 300 steps); give a baseline the same with --config.strong_augment.domains=source (oracle: target) and
---config.ema_decay=0.99. pseudo_label: 3 rounds of 100 steps; fine_tune / feature_extract / lwf: 100
+mean_teacher's student sees strong target views (its source views stay weak) and its teacher is an EMA at
+decay 0.99 (a 100-step horizon for 300 steps): its baseline is source_only with --config.ema_decay=0.99 (the
+EMA is then what is evaluated). A baseline can also take the strong views: --config.strong_augment.domains=
+source (oracle: target). pseudo_label: 3 rounds of 100 steps; fine_tune / feature_extract / lwf: 100
 labelled night images.
 """
 from experiments.configs import ssd_quick
