@@ -160,7 +160,12 @@ def test_epochs_read_through_one_dataset_equal_one_dataset_per_epoch(monkeypatch
     examples = [_example(i) for i in range(10)]
     shared = _take(_pipe(_dataset(examples), seed=3), 10)
     monkeypatch.setattr(pl, "EPOCHS_PER_DATASET", 1)
-    for x, y in zip(shared, _take(_pipe(_dataset(examples), seed=3), 10)):
+    tf.random.set_seed(0)  # a global seed of 0 leaves the order alone (TF compares it with the epoch's seed)
+    try:
+        rebuilt = _take(_pipe(_dataset(examples), seed=3), 10)
+    finally:
+        tf.random.set_seed(None)
+    for x, y in zip(shared, rebuilt):
         _assert_batches_equal(x, y)
     for epoch in range(5):
         read = np.concatenate([b["index"] for b in shared[2 * epoch:2 * epoch + 2]])

@@ -190,7 +190,7 @@ class DetectionPipeline:
     examples (image as encoded bytes or uint8). train=True: shuffled per epoch, augmented, full batches only,
     endless; with `strong_augment`, batches also carry `image_strong` (see `prepare_example`). train=False:
     source order, no augmentation, one pass of ceil(N / G) batches with padding rows marked `valid=False`.
-    The TF global seed (tf.random.set_seed) also enters tf.data's shuffle: leave it unset or fixed.
+    The TF global seed (tf.random.set_seed) does not enter the training order.
     `shuffle_buffer >= N` gives a full permutation per epoch.
     """
 
@@ -283,6 +283,9 @@ class DetectionPipeline:
             seeds = tf.constant([_epoch_seed(self.seed, first + k) for k in range(EPOCHS_PER_DATASET)], tf.int64)
 
             def epoch_batches(k):
+                # The epoch's seed alone orders it: a graph-level seed (tf.random.set_seed) would also enter
+                # shuffle's seeds, and TF cannot combine a global seed of 0 with a tensor seed.
+                tf.compat.v1.get_default_graph().seed = None
                 rows = self._one_epoch(first + k, seeds[k], tf.equal(k, 0))
                 return rows.batch(self.layout.local_batch).map(_plain(lambda batch: {**batch, "_k": k}))
             ds = tf.data.Dataset.range(EPOCHS_PER_DATASET).flat_map(_plain(epoch_batches))
