@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark                                   # the quick preset's SSD
     python -m experiments.benchmark --config=experiments/configs/ssd_full.py --batch_size=64 --json_out=b.json
+    python -m experiments.benchmark --detectors=ssd,faster_rcnn,yolo     # the families side by side
 
 Runs on random images with planted boxes (no dataset needed), with the training step that
 train_detector / adapt_detector use for the preset's method (`--method`; data-parallel over all local
@@ -26,7 +27,9 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 FLAGS = flags.FLAGS
 common.define_config(os.path.join(_CONFIGS, 'ssd_quick.py'))
 flags.DEFINE_string('backbone', None, 'Backbone (default: the preset\'s).')
-flags.DEFINE_string('detector', None, 'Detector family, e.g. ssd | retinanet (default: the preset\'s).')
+flags.DEFINE_string('detector', None, 'Detector family, e.g. ssd | faster_rcnn | yolo (default: the preset\'s).')
+flags.DEFINE_list('detectors', None, 'Several families side by side (e.g. ssd,faster_rcnn,yolo), each timed in a '
+                  'process of its own (so the peak memory is its own) with the other flags.')
 flags.DEFINE_string('method', None, 'Training method whose step is timed (default: the preset\'s).')
 flags.DEFINE_integer('batch_size', None, 'Global batch (default: the preset\'s).')
 flags.DEFINE_integer('image_size', None, 'Square image size (default: the preset\'s).')
@@ -92,11 +95,15 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     """All the figures as a dict (see the module docstring)."""
     import jax
     from adapt.methods.trainer import init_state, setup
+    from adapt.models.data_settings import with_box_settings
     from adapt.models.inference import make_predict_fn
     from adapt.training import data_parallel, make_mesh, replicate, shard_batch
 
     mesh = make_mesh()
     devices = mesh.size
+    planted = random_batch(config.batch_size, config.image_size, config.max_boxes, num_classes)
+    # a family's data-derived settings (YOLO's priors) come from the boxes planted in the random images
+    config = with_box_settings(config, planted['boxes'][planted['mask']], 'the random batch', print_fn=lambda _: None)
     s = setup(config, num_classes)
     detector = s.detector
     state = replicate(init_state(config, s), mesh)
@@ -140,7 +147,7 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
         'backend': jax.default_backend(), 'devices': devices, 'device_kind': jax.devices()[0].device_kind,
         'backbone': model.get('backbone', 'none'), 'width': model.get('width', 1.0), 'detector': config.detector,
         'method': config.method,
-        'image_size': config.image_size, 'batch_size': b, 'num_anchors': len(detector.anchors),
+        'image_size': config.image_size, 'batch_size': b, 'num_anchors': len(getattr(detector, 'anchors', ())),
         'parameters': int(params),
         'train_compile_s': train_compile, 'train_step_ms': step_s * 1e3, 'train_images_per_s': b / step_s,
         'infer_compile_s': infer_compile, 'infer_images_per_s': b / infer_s, 'infer_ms_per_image': infer_s * 1e3 / b,
@@ -156,14 +163,12 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
 
 def trained(workdir, split, batch_size, steps, warmup, data_dir=None):
     """Forward pass and post-processing (ms/image) of a finished run on the first `batch_size` images of
-    `split`, and how many images get exactly the plain reference path's detections (decode every anchor,
-    clip, `adapt.nms.multiclass_non_max_suppression` per image)."""
+    `split`; for a family with SSD's head, also how many images get exactly the plain reference path's
+    detections (decode every anchor, clip, `adapt.nms.multiclass_non_max_suppression` per image)."""
     import jax
     import ml_collections
-    from adapt.boxes import clip_boxes, decode_boxes
     from adapt.evaluation.detector_eval import eval_pipeline
-    from adapt.models.ssd import class_scores
-    from adapt.nms import multiclass_non_max_suppression
+    from adapt.models.ssd import SSDDetector
     from adapt.runs import RunError, load_run
     try:
         run = load_run(workdir, 'detector')
@@ -179,18 +184,29 @@ def trained(workdir, split, batch_size, steps, warmup, data_dir=None):
     outputs = forward(variables, images)
     forward_s = timed(lambda: jax.block_until_ready(forward(variables, images)), steps, warmup)
     post_s = timed(lambda: jax.block_until_ready(post(outputs)), steps, warmup)
+    fast = jax.device_get(post(outputs))
+    result = {'run': workdir, 'split': split, 'images': len(images), 'forward_ms_per_image': forward_s * 1e3 / len(images),
+              'postprocess_ms_per_image': post_s * 1e3 / len(images), 'detections': int(fast.num_valid.sum())}
+    if isinstance(detector, SSDDetector):
+        result.update(reference_agreement(detector, outputs, fast))
+    return result
+
+
+def reference_agreement(detector, outputs, fast) -> dict:
+    """Images whose fast post-processing equals the plain reference path's, and the largest box gap."""
+    import jax
+    from adapt.boxes import clip_boxes, decode_boxes
+    from adapt.models.ssd import class_scores
+    from adapt.nms import multiclass_non_max_suppression
     settings = detector.postprocess_settings
     boxes = clip_boxes(decode_boxes(outputs['box_codes'], detector.anchors))
     scores = class_scores(outputs['cls_logits'], detector.score_kind)
-    reference = jax.vmap(lambda b, c: multiclass_non_max_suppression(
+    reference = jax.device_get(jax.vmap(lambda b, c: multiclass_non_max_suppression(
         b, c, settings['iou_threshold'], settings['max_detections'], settings['score_threshold'],
-        pre_nms_top_k=settings['pre_nms_top_k']))(boxes, scores)
-    fast, reference = jax.device_get(post(outputs)), jax.device_get(reference)
+        pre_nms_top_k=settings['pre_nms_top_k']))(boxes, scores))
     same = ((fast.num_valid == reference.num_valid) & (fast.classes == reference.classes).all(1)
             & (fast.scores == reference.scores).all(1))
-    return {'run': workdir, 'split': split, 'images': len(images), 'forward_ms_per_image': forward_s * 1e3 / len(images),
-            'postprocess_ms_per_image': post_s * 1e3 / len(images), 'detections': int(fast.num_valid.sum()),
-            'images_identical_to_reference': int(same.sum()),
+    return {'images_identical_to_reference': int(same.sum()),
             'max_box_difference': float(abs(fast.boxes - reference.boxes).max())}
 
 
@@ -219,9 +235,62 @@ def table(r):
     return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 
 
+SIDE_BY_SIDE = [
+    ('parameters', lambda r: f"{r['parameters']:,}"),
+    ('GFLOPs / image, train', lambda r: f"{r['train_gflops_per_image']:.3f}"),
+    ('GFLOPs / image, inference', lambda r: f"{r['infer_gflops_per_image']:.3f}"),
+    ('train images / s', lambda r: f"{r['train_images_per_s']:.1f}"),
+    ('inference ms / image', lambda r: f"{r['infer_ms_per_image']:.2f}"),
+    ('  forward pass', lambda r: f"{r['forward_ms_per_image']:.2f}"),
+    ('  post-processing', lambda r: f"{r['postprocess_ms_per_image']:.2f}"),
+    ('train compile s', lambda r: f"{r['train_compile_s']:.1f}"),
+    ('peak memory MiB', lambda r: f"{r['peak_memory_mib']:.0f}"),
+]
+
+
+def side_by_side(results) -> str:
+    """One column per family (a Markdown table, for the README)."""
+    first = results[0]
+    head = (f"{first['backend']} x{first['devices']}, {first['image_size']} px, batch {first['batch_size']}, "
+            f"{first['method']}")
+    rows = [['', *(r['detector'] for r in results)], ['---'] * (len(results) + 1)]
+    rows += [[name, *(fmt(r) for r in results)] for name, fmt in SIDE_BY_SIDE]
+    return head + '\n' + '\n'.join('| ' + ' | '.join(row) + ' |' for row in rows)
+
+
+def compare(names, argv):
+    """Run this script once per family (`argv`: this run's flags but --detectors / --json_out) and collect
+    their JSON results."""
+    import subprocess
+    import sys
+    import tempfile
+    from adapt.models.detector import detector_families
+    for name in names:
+        common.check_choice('detector', name, [n for n in detector_families() if n in FLAGS.config])
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            out = os.path.join(tmp, f'{name}.json')
+            print(f'benchmarking {name} ...', flush=True)
+            subprocess.run([sys.executable, '-m', 'experiments.benchmark', *argv, f'--detector={name}',
+                            f'--json_out={out}'], check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                results.append(json.load(f))
+    return results
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    if FLAGS.detectors:
+        import sys
+        own = [a for a in sys.argv[1:] if not a.startswith(('--detectors', '--json_out', '--detector='))]
+        results = compare(FLAGS.detectors, own)
+        print(side_by_side(results))
+        if FLAGS.json_out:
+            with open(FLAGS.json_out, 'w') as f:
+                json.dump(results, f, indent=1)
+        return
     config = FLAGS.config
     with config.unlocked():
         for key in ('detector', 'method', 'batch_size', 'image_size'):
@@ -235,10 +304,11 @@ def main(argv):
     if FLAGS.run:
         t = result['trained'] = trained(FLAGS.run, FLAGS.split, config.batch_size, FLAGS.steps, FLAGS.warmup,
                                         FLAGS.data_dir)
+        agreement = (f", {t['images_identical_to_reference']}/{t['images']} images identical to the reference "
+                     f"path (boxes within {t['max_box_difference']:.1e})" if 'max_box_difference' in t else '')
         print(f"trained run {t['run']} on {t['split']} ({t['images']} images): forward pass "
               f"{t['forward_ms_per_image']:.2f} ms/image, post-processing {t['postprocess_ms_per_image']:.2f} "
-              f"ms/image; {t['detections']} detections, {t['images_identical_to_reference']}/{t['images']} images "
-              f"identical to the reference path (boxes within {t['max_box_difference']:.1e})")
+              f"ms/image; {t['detections']} detections{agreement}")
     if FLAGS.json_out:
         with open(FLAGS.json_out, 'w') as f:
             json.dump(result, f, indent=1)

@@ -108,6 +108,12 @@ def check_method(config):
         usage_error(str(error))
 
 
+def check_init_run(config):
+    """Usage error unless `init_run` is empty or a finished run's workdir."""
+    if config.get('init_run') and not os.path.exists(os.path.join(config.init_run, 'run.json')):
+        usage_error(f'init_run {config.init_run!r} is not a finished run (no run.json)')
+
+
 def check_dataset(name, data_dir=None):
     """A TFDS builder for 'name[/config][:version]' (after registering adapt's builders)."""
     import tensorflow_datasets as tfds

@@ -48,8 +48,7 @@ def resolve_config():
         optimizer_config(config)
     except ValueError as error:
         common.usage_error(f'bad optimizer settings: {error}')
-    if config.init_run and not os.path.exists(os.path.join(config.init_run, 'run.json')):
-        common.usage_error(f'init_run {config.init_run!r} is not a finished run (no run.json)')
+    common.check_init_run(config)
     source = common.check_dataset(config.dataset, FLAGS.data_dir)
     target = source if config.target_dataset in ('', config.dataset) else common.check_dataset(
         config.target_dataset, FLAGS.data_dir)

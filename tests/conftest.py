@@ -41,12 +41,23 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def source_run(env, tmp_path_factory):
+def source_run(env):
     """(workdir, stdout) of one finished tiny source-only `train_detector` run, shared by the script tests
-    (resume, evaluate_detector, adapt_detector's init_run) so it is trained once per session."""
+    (resume, evaluate_detector, adapt_detector's init_run; read-only there) so it is trained once per
+    session: the first worker process to need it trains it under a lock, the others wait and read it."""
+    import fcntl
     from tests.script_runner import TINY, finish, start
-    workdir = str(tmp_path_factory.mktemp('source_run') / 'run')
-    return workdir, finish(start([f'--workdir={workdir}', f'--data_dir={env[1]}', *TINY], env))[1]
+    root = _session_dir('source-run')
+    workdir, log = os.path.join(root, 'run'), os.path.join(root, 'stdout.txt')
+    with open(os.path.join(root, 'lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(log):
+            out = finish(start([f'--workdir={workdir}', f'--data_dir={env[1]}', *TINY], env))[1]
+            with open(log + '.tmp', 'w') as f:
+                f.write(out)
+            os.replace(log + '.tmp', log)
+    with open(log) as f:
+        return workdir, f.read()
 
 
 @pytest.fixture(scope='session')
@@ -75,3 +86,16 @@ def unit_run(tmp_path_factory):
     finally:
         ckpt.close()
     return workdir
+
+
+# The test files measured slowest (most first), handed out first: pytest-xdist gives each worker the next
+# file in collection order, and longest-first keeps one worker from running a long file alone at the end.
+SLOWEST_FILES = ('test_unit_training.py', 'test_pseudo_label.py', 'test_mean_teacher.py', 'test_train_detector.py',
+                 'test_faster_rcnn.py', 'test_yolo.py', 'test_unit_model.py', 'test_methods.py',
+                 'test_training_multiprocess.py', 'test_adapt_detector.py', 'test_translate_train.py',
+                 'test_bdd100k.py', 'test_translate_cli.py', 'test_pipeline.py', 'test_postprocess.py')
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -34,7 +34,10 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any, Callable
+
+import jax
 
 from adapt.losses.adaptation import AdaptationLoss, get_loss
 from adapt.registry import Registry, RegistryError, parse_weighted
@@ -106,6 +109,13 @@ class StepContext:
     aux: Any = None
     axis_name: str | None = None
 
+    def loss_key(self, name: str):
+        """The key of one detector-loss call of this step (`name`: its domain or term), for the families
+        that sample anchors or RoIs; None where the context has no key."""
+        if self.key is None:
+            return None
+        return jax.random.fold_in(self.key, zlib.crc32(name.encode()) & 0x7fffffff)
+
 
 @dataclasses.dataclass(frozen=True)
 class Term:
@@ -132,7 +142,7 @@ class Term:
 def _detection(domain):
     def detection_loss(ctx):
         outputs = getattr(ctx, f'{domain}_outputs')
-        return ctx.detector.loss(outputs, getattr(ctx, domain), ctx.axis_name)
+        return ctx.detector.loss(outputs, getattr(ctx, domain), ctx.axis_name, ctx.loss_key(domain))
     return AdaptationLoss(detection_loss, domains=(domain,))
 
 

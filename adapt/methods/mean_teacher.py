@@ -38,7 +38,7 @@ def mean_teacher_loss(ctx, *, threshold=THRESHOLD, box_regression=False):
     view, the detector's own post-processing: exact NMS inside the step) at or above `threshold`; only its
     classification part unless `box_regression` (pseudo-boxes are too loose to regress on, Adaptive Teacher)."""
     labels = pseudo_labels(ctx.detector.postprocess(ctx.teacher_outputs['target']), threshold)
-    loss, metrics = ctx.detector.loss(ctx.target_outputs, labels, ctx.axis_name)
+    loss, metrics = ctx.detector.loss(ctx.target_outputs, labels, ctx.axis_name, ctx.loss_key('mean_teacher'))
     boxes = jnp.mean(jnp.sum(labels['mask'], axis=1, dtype=jnp.float32))
     return (loss if box_regression else metrics['cls_loss']), {**metrics, 'pseudo_boxes_per_image': boxes}
 

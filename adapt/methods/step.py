@@ -48,6 +48,11 @@ def view(batch, strong):
     return batch['image_strong'] if strong and 'image_strong' in batch else batch['image']
 
 
+def ground_truth(batch):
+    """The labelled part {'boxes', 'labels', 'mask'} of a domain's batch, None for an unlabelled one."""
+    return {k: batch[k] for k in ('boxes', 'labels', 'mask')} if 'boxes' in batch else None
+
+
 def ema_update(ema, variables, decay):
     """ema <- decay * ema + (1 - decay) * variables (BatchNorm statistics included)."""
     return jax.tree.map(lambda e, v: decay * e + (1.0 - decay) * v, ema, variables)
@@ -76,7 +81,8 @@ def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, a
             new_stats = None
             for domain in domains:
                 routed = detector.for_input(domain)
-                outputs, features, stats = routed.apply(variables, view(batch[domain], True), train=True)
+                outputs, features, stats = routed.apply(variables, view(batch[domain], True), train=True,
+                                                        labels=ground_truth(batch[domain]))
                 setattr(ctx, f'{domain}_outputs', outputs)
                 setattr(ctx, f'{domain}_features', features)
                 new_stats = stats if new_stats is None else new_stats  # the first pass: source if read

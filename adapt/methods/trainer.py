@@ -23,6 +23,7 @@ from adapt.datasets.two_domain import TRAIN_FIELDS, ZipIterator
 from adapt.evaluation.detector_eval import Evaluator, class_names, ema_variables, state_variables
 from adapt.methods.base import DOMAINS, StepContext, TrainData, get_method, resolve_terms
 from adapt.methods.step import active_domains, make_step, where_path
+from adapt.models.data_settings import with_data_settings
 from adapt.models.detector import build_detector
 from adapt.runs import load_run, write_run
 from adapt.training import TrainState, make_mesh, train_loop
@@ -260,8 +261,10 @@ def fit(run: TrainRun):
 def train(config, source_builder, target_builder=None, workdir='', *, data_dir=None, on_step=None, print_fn=None):
     """Train (or resume) in `workdir`, then evaluate the final model(s); returns {label: metrics} (label: the
     split, or '<model>/<split>' when several models are evaluated, see `evaluated_models`).
-    `on_step(step)` runs after every step (see train_loop). Raises NonFiniteError on a NaN/Inf."""
+    `on_step(step)` runs after every step (see train_loop). The family's data-derived settings left None
+    are filled first (adapt.models.data_settings) and stored in run.json. Raises NonFiniteError on a NaN/Inf."""
     target_builder = target_builder or source_builder
+    config = with_data_settings(config, source_builder, print_fn or print)
     s = setup(config, len(class_names(source_builder)))
     data = train_data(config, s, source_builder, target_builder)
     record = write_run(workdir, 'detector', config, **run_record(config, s, source_builder, data_dir, data))

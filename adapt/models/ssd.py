@@ -84,6 +84,20 @@ class SSDFeatures(nn.Module):
         return maps + extra_layers(maps[-1], self.extra_channels, train, **bn)
 
 
+_SIZES = {}
+
+
+def _feature_sizes(module, image_size):
+    """Shape inference costs ~2 s of tracing, and every detector build (a run loaded, a setup) asks for the
+    same sizes: kept per module settings (its repr: flax modules with dict fields do not hash)."""
+    key = (repr(module), image_size)
+    if key not in _SIZES:
+        dummy = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+        maps, _ = jax.eval_shape(module.init_with_output, jax.random.key(0), dummy)
+        _SIZES[key] = tuple(tuple(m.shape[1:3]) for m in maps)
+    return _SIZES[key]
+
+
 class SSD(nn.Module):
     """SSD detector.
 
@@ -132,9 +146,7 @@ class SSD(nn.Module):
 
     def feature_sizes(self, image_size):
         """(height, width) of every level for images of `image_size` (h, w), from shapes only."""
-        dummy = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
-        maps, _ = jax.eval_shape(self.feature_module(parent=None).init_with_output, jax.random.key(0), dummy)
-        return [tuple(m.shape[1:3]) for m in maps]
+        return list(_feature_sizes(self.feature_module(parent=None), tuple(image_size)))
 
     def anchors_for(self, sizes):
         return ssd_default_boxes(sizes, self.min_scale, self.max_scale, self.aspect_ratios)
@@ -243,7 +255,7 @@ class SSDDetector(Detector):
         compilation per initializer call)."""
         return jax.jit(self.eval_model.init)(key, jnp.zeros((1, *self.image_size, 3), jnp.float32))
 
-    def apply(self, variables, images, train=False):
+    def apply(self, variables, images, train=False, labels=None):
         if train:
             (outputs, maps), new = self.model.apply(variables, images, train=True, mutable=['batch_stats'])
             stats = jax.tree.map(lambda x: x.astype(jnp.float32), new['batch_stats'])
@@ -270,9 +282,10 @@ class SSDDetector(Detector):
         assign = lambda b, l, m: assign_targets(anchors, b, l, m, weights=BOX_WEIGHTS, **self.matcher)  # noqa: E731
         return jax.vmap(assign)(batch['boxes'], batch['labels'], batch['mask'])
 
-    def loss(self, outputs, batch, axis_name=None):
-        """Multibox (or focal) loss normalised by the positives of the global batch; metrics count the
-        positive anchors per image (a mean over the devices is then the global batch's)."""
+    def loss(self, outputs, batch, axis_name=None, key=None):
+        """Multibox (or focal) loss normalised by the positives of the global batch (no sampling: `key` is
+        unused); metrics count the positive anchors per image (a mean over the devices is then the global
+        batch's)."""
         targets = self.targets(batch)
         positives = jnp.sum(targets['positive']).astype(jnp.float32)
         normalizer = lax.pmean(positives, axis_name) if axis_name else positives
