@@ -5,15 +5,21 @@ its name; `config.detector` names the family and `config[name]` is the family's 
 train step, the evaluator, inference and the frozen-feature code use only this interface:
 
   init(key) -> variables {'params', 'batch_stats'}
-  apply(variables, images01, train) -> (outputs, features, batch_stats)
+  apply(variables, images01, train, labels=None) -> (outputs, features, batch_stats)
       outputs: the raw head outputs (whatever `loss` and `postprocess` read);
+      labels: in the training pass of a labelled batch, its {'boxes', 'labels', 'mask'}, for a family
+        whose forward pass uses the ground truth (Faster R-CNN adds the true boxes to its proposals);
+        None on unlabelled and evaluation passes, which every family must support;
       features: named feature maps of the backbone and neck [B, h, w, c] (`feature_levels`, in order),
         'instances' [B, K, D] with 'instance_mask' [B, K] (per-object features: top-K anchors, RoIs) and
         'instance_logits' [B, K, C'] (class logits there; `score_kind` says softmax or sigmoid);
       batch_stats: the new BatchNorm statistics (averaged over `axis_name` when training in a step).
-  loss(outputs, batch, axis_name) -> (scalar, metrics): the supervised loss on a labelled batch
+  loss(outputs, batch, axis_name, key) -> (scalar, metrics): the supervised loss on a labelled batch
       {'boxes', 'labels', 'mask'} (targets and matching inside); normalisers are averaged over
-      `axis_name` so one step on N devices equals one on 1 device.
+      `axis_name` so one step on N devices equals one on 1 device. `key` (the step's, one per loss
+      call) is for families that sample anchors or RoIs: they draw with per-example keys
+      (adapt.training.parallel.example_keys) so 1 and N devices draw the same. Metrics include
+      'cls_loss' and 'box_loss' (mean_teacher trains on the classification part only).
   postprocess(outputs) -> adapt.nms.Detections with [B, max_detections] rows and num_valid [B].
   backbone(variables) -> (backbone name, module, its variables); with_backbone(variables, tree) puts
       imported backbone weights in place: parameter paths stay inside the family's module.
@@ -45,10 +51,10 @@ class Detector(abc.ABC):
     def init(self, key): ...
 
     @abc.abstractmethod
-    def apply(self, variables, images, train=False): ...
+    def apply(self, variables, images, train=False, labels=None): ...
 
     @abc.abstractmethod
-    def loss(self, outputs, batch, axis_name=None): ...
+    def loss(self, outputs, batch, axis_name=None, key=None): ...
 
     @abc.abstractmethod
     def postprocess(self, outputs): ...
@@ -71,6 +77,8 @@ def detector_families() -> list:
     """The registered family names, the built-in ones registered first."""
     import adapt.models.ssd  # noqa: F401
     import adapt.models.shared_latent  # noqa: F401
+    import adapt.models.yolo  # noqa: F401
+    import adapt.models.faster_rcnn  # noqa: F401
     return DETECTORS.names()
 
 

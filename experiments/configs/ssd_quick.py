@@ -30,7 +30,7 @@ def get_config():
     c.train_split = 'train_day'
     c.eval_splits = 'validation_day,validation_dusk,validation_night'
     c.eval_examples = 0               # per split; 0 = the whole split
-    c.detector = 'ssd'                # ssd | retinanet | shared_latent (adapt.models.detector.DETECTORS)
+    c.detector = 'ssd'                # ssd | retinanet | shared_latent | yolo | faster_rcnn (adapt.models.detector)
     c.seed = 0
     c.image_size = 160
     c.max_boxes = 16
@@ -50,6 +50,10 @@ def get_config():
     c.shared_latent.variant = 'ssd'           # ssd (softmax) | retinanet (sigmoid, focal) head
     c.shared_latent.train_encoder = False     # False: the encoder stays frozen
     c.shared_latent.target_inputs = 'night,dusk'  # input names routed through the night (b) encoder
+    from experiments.configs.yolo_quick import yolo_block  # yolo_quick imports this module
+    c.yolo = yolo_block()
+    from experiments.configs.faster_rcnn_quick import faster_rcnn_block  # faster_rcnn_quick imports this module
+    c.faster_rcnn = faster_rcnn_block()
     c.optimizer = ml_collections.ConfigDict(dict(
         name='adamw', schedule='cosine', warmup_steps=50, end_factor=0.0, weight_decay=5e-4, clip_norm=10.0))
     c.lr = 3e-3                       # peak learning rate (the optimizer's total_steps is num_steps)
