@@ -107,7 +107,10 @@ def test_one_device_equals_four_with_every_term_on():
                                                          jax.tree.leaves(s1.params['adaptation'])))
 
 
-def test_weight_zero_is_exactly_the_source_only_step():
+def test_weight_zero_is_exactly_the_source_only_step(tmp_path, monkeypatch):
+    """Weight 0 is the source-only step bit for bit; a user's loss from a file outside adapt/ (the README's)
+    at weight 1 moves the parameters away from it. (Through adapt_detector's flags:
+    tests/test_mean_teacher.py.)"""
     batch = {'source': _batch(0), 'target': _batch(1)}
     state, zero_step = _stepper(tiny_config(method='dann', adaptation_losses='dann_image:0,dann_instance:0'), 1)
     base_state, base_step = _stepper(tiny_config(method='source_only'), 1)
@@ -116,6 +119,13 @@ def test_weight_zero_is_exactly_the_source_only_step():
     _assert_trees((zero.params, zero.batch_stats, zero.opt_state), (base.params, base.batch_stats, base.opt_state),
                   exact=True)
     assert m_zero['loss'] == m_base['loss'] and 'dann_image' not in m_zero
+    (tmp_path / 'my_losses.py').write_text(_readme_loss_example())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _, user_step = _stepper(tiny_config(method='source_only', adaptation_losses='my_losses:mean_gap:1.0'), 1)
+    user, m_user = user_step(base_state, batch)
+    assert m_user['my_losses:mean_gap'] > 0
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(user.params), jax.tree.leaves(base.params))]
+    assert any(moved)
 
 
 def test_target_labels_do_not_reach_an_unsupervised_step():
@@ -197,10 +207,14 @@ def test_unknown_method_lists_the_choices():
         get_method('dan')
 
 
+def _readme_loss_example():
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')).read()
+    return next(block for block in readme.split('```python\n')[1:] if 'def mean_gap' in block).split('```')[0]
+
+
 def test_readme_loss_example_runs_and_is_short(tmp_path, monkeypatch):
     """The README's new-loss example, imported as a user would (`my_losses:mean_gap`), against NumPy."""
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')).read()
-    code = next(block for block in readme.split('```python\n')[1:] if 'def mean_gap' in block).split('```')[0]
+    code = _readme_loss_example()
     assert len(code.strip().splitlines()) < 20
     (tmp_path / 'my_losses.py').write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
