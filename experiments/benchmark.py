@@ -3,6 +3,7 @@
     python -m experiments.benchmark                                   # the quick preset's SSD
     python -m experiments.benchmark --config=experiments/configs/ssd_full.py --batch_size=64 --json_out=b.json
     python -m experiments.benchmark --detectors=ssd,faster_rcnn,yolo     # the families side by side
+    python -m experiments.benchmark --detector=translated --config.translated.unit_run=<train_unit workdir>
 
 Runs on random images with planted boxes (no dataset needed), with the training step that
 train_detector / adapt_detector use for the preset's method (`--method`; data-parallel over all local
@@ -12,6 +13,9 @@ XLA's cost analysis of the compiled programs (per device program x devices / glo
 machine's peak is measured in the same run with a large float32 matmul, so "fraction of peak" compares
 like with like. Peak memory: device memory_stats() where the backend has them (GPU/TPU), else the
 process's maximum resident set size (resource.getrusage), which includes the Python runtime.
+Single frames (`--frame_sizes`, default the training size and 1280x720) are timed apart: the cost of
+deployment, where frames come one at a time; for the translated family (online translation) the
+translation and the detection are also timed alone.
 """
 import json
 import os
@@ -38,6 +42,8 @@ flags.DEFINE_integer('steps', 20, 'Timed iterations (after warm-up).')
 flags.DEFINE_integer('warmup', 3, 'Untimed iterations after compiling.')
 flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOP/s matmul (0: 2048 on CPU, 8192 elsewhere).')
 flags.DEFINE_string('json_out', None, 'Also write the results here as JSON.')
+flags.DEFINE_string('frame_sizes', 'train,720x1280', 'Also time inference on single frames of these sizes '
+                    '(HEIGHTxWIDTH or train; the translated family: translation and detection apart); "" = none.')
 flags.DEFINE_string('run', None, 'Also time a finished detector run\'s forward pass and post-processing on real '
                     'images (its dataset, --split), and check its detections against the plain reference path.')
 flags.DEFINE_string('split', 'validation_night', 'Split of the run\'s dataset for --run.')
@@ -159,6 +165,52 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
         'infer_fraction_of_peak': infer_flops * b / infer_s / peak,
         'peak_memory_kind': mem_kind, 'peak_memory_mib': mem_mib,
     }
+
+
+def parse_sizes(text, train_size):
+    """'train,720x1280' -> [(h, w), ...] ('train': the preset's size); usage error for a malformed size."""
+    sizes = []
+    for item in (x.strip() for x in text.split(',') if x.strip()):
+        if item == 'train':
+            sizes.append(tuple(train_size))
+            continue
+        h, sep, w = item.partition('x')
+        if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+            common.usage_error(f'--frame_sizes: {item!r} is not HEIGHTxWIDTH (e.g. 720x1280) or train')
+        sizes.append((int(h), int(w)))
+    return sizes
+
+
+def frame_costs(config, num_classes, sizes, steps, warmup):
+    """Inference on one frame (batch 1, one device) at each (h, w) of `sizes`: ms and GFLOPs of the whole
+    detector (forward pass + post-processing) and, for the translated family, of the translation and the
+    detection alone -> [{'size', 'part', 'ms', 'gflops'}]."""
+    import jax
+    from adapt.models.detector import build_detector
+    from adapt.models.translated import TranslatedDetector
+    rows = []
+    for h, w in sizes:
+        sized = config.copy_and_resolve_references()
+        with sized.unlocked():
+            sized.image_size = (h, w)
+        detector = build_detector(sized, num_classes)
+        variables = jax.device_get(detector.init(jax.random.key(0, impl='rbg')))
+        frame = np.random.default_rng(0).uniform(0, 1, (1, h, w, 3)).astype(np.float32)
+        parts = {'detector': lambda v, x, d=detector: d.postprocess(d.apply(v, x)[0])}
+        if isinstance(detector, TranslatedDetector):
+            inner = detector.inner
+            parts['translation'] = lambda v, x: detector.translate(x)
+            parts['detection'] = lambda v, x: inner.postprocess(inner.apply(v, x)[0])
+        for part, fn in parts.items():
+            compiled = jax.jit(fn).lower(variables, frame).compile()
+            ms = timed(lambda: jax.block_until_ready(compiled(variables, frame)), steps, warmup) * 1e3
+            rows.append({'size': f'{h}x{w}', 'part': part, 'ms': ms, 'gflops': flops_of(compiled) / 1e9})
+    return rows
+
+
+def frame_table(rows) -> str:
+    return '\n'.join(['per frame (batch 1)     ms     GFLOPs'] + [
+        f"{r['size']:>9} {r['part']:<11} {r['ms']:7.2f} {r['gflops']:9.3f}" for r in rows])
 
 
 def trained(workdir, split, batch_size, steps, warmup, data_dir=None):
@@ -299,8 +351,13 @@ def main(argv):
     common.check_detector_family(config)
     common.set_backbone(config, FLAGS.backbone)
     common.check_method(config)
+    from adapt.training.config import image_size
+    sizes = parse_sizes(FLAGS.frame_sizes, image_size(config))
     result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
     print(table(result))
+    if sizes:
+        result['per_frame'] = frame_costs(config, FLAGS.num_classes, sizes, FLAGS.steps, FLAGS.warmup)
+        print(frame_table(result['per_frame']))
     if FLAGS.run:
         t = result['trained'] = trained(FLAGS.run, FLAGS.split, config.batch_size, FLAGS.steps, FLAGS.warmup,
                                         FLAGS.data_dir)

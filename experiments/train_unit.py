@@ -68,10 +68,14 @@ def resolve_config():
     common.check_choice('GAN loss', config.loss.gan_kind, GAN_KINDS)
     common.check_choice('feature loss', config.loss.feature_kind, FEATURE_KINDS)
     common.check_choice('pad_type', config.model.pad_type, PAD_TYPES)
-    if config.loss.weights.get('feature', 0.0) > 0 and not config.loss.feature_backbone:
+    weights = config.loss.weights
+    if weights.get('feature', 0.0) > 0 and not (config.loss.feature_backbone or config.loss.detector_run):
         common.usage_error('the feature loss (config.loss.weights.feature > 0) needs '
-                           '--config.loss.feature_backbone=<a train_detector workdir>')
-    for path in (config.loss.feature_backbone, config.fd_backbone, FLAGS.inception_weights):
+                           '--config.loss.feature_backbone=<a train_detector workdir> (or loss.detector_run)')
+    if (weights.get('semantic', 0.0) > 0 or weights.get('labelled_cycle', 0.0) > 0) and not config.loss.detector_run:
+        common.usage_error('the semantic and labelled-cycle losses need --config.loss.detector_run=<a '
+                           'train_detector workdir> (the frozen day detector)')
+    for path in (config.loss.feature_backbone, config.loss.detector_run, config.fd_backbone, FLAGS.inception_weights):
         if path and not os.path.exists(path):
             common.usage_error(f'no such file or directory: {path}')
     import jax
@@ -100,12 +104,20 @@ def main(argv):
     from adapt.methods import translation
     from adapt.models.frozen_features import from_detector_workdir, random_features
     from adapt.training import to_host
-    features = None
+    features = detector = None
     if config.loss.weights.get('feature', 0.0) > 0:
-        features = from_detector_workdir(config.loss.feature_backbone, config.loss.feature_levels)
+        features = from_detector_workdir(config.loss.feature_backbone or config.loss.detector_run,
+                                         config.loss.feature_levels)
+    weights = config.loss.weights
+    if weights.get('semantic', 0.0) > 0 or weights.get('labelled_cycle', 0.0) > 0:
+        detector = translation.frozen_detector(config.loss.detector_run)
+        try:
+            translation.check_detector(config, detector)
+        except ValueError as err:
+            common.usage_error(str(err))
     try:
         state = translation.train(config, builder_a, builder_b, FLAGS.workdir, features=features,
-                                  data_dir=FLAGS.data_dir)
+                                  detector=detector, data_dir=FLAGS.data_dir)
     except FloatingPointError as err:  # adapt.training.NonFiniteError
         print(f'error: {err}', file=sys.stderr)
         sys.exit(1)

@@ -19,7 +19,10 @@ GAN_KINDS = ('lsgan', 'nsgan', 'hinge')
 FEATURE_KINDS = ('l1', 'l2')
 # The UNIT reference weights (mingyuliutw/UNIT configs): gan_w, recon_x_w, recon_kl_w, recon_x_cyc_w,
 # recon_kl_cyc_w; `feature` (0 = off) weighs the optional frozen-backbone feature loss.
-DEFAULT_WEIGHTS = {'gan': 1.0, 'recon': 10.0, 'kl': 0.01, 'cycle': 10.0, 'cycle_kl': 0.01, 'feature': 0.0}
+DEFAULT_WEIGHTS = {'gan': 1.0, 'recon': 10.0, 'kl': 0.01, 'cycle': 10.0, 'cycle_kl': 0.01, 'feature': 0.0,
+                   'semantic': 0.0, 'labelled_cycle': 0.0}
+# Terms the step computes with a frozen detector (adapt.losses.detection_aware) and passes in `out`.
+DETECTION_TERMS = ('semantic_a', 'semantic_b', 'labelled_cycle_a')
 
 
 def _check(kind):
@@ -91,7 +94,8 @@ def unit_generator_loss(out: Mapping[str, object], weights: Mapping[str, float] 
     cycle reconstructions x_aba, x_bab; latent means h_a, h_b (of the inputs) and h_ab, h_ba (of the
     translations x_ab = G_b(z_a), x_ba = G_a(z_b), re-encoded); critic outputs d_ab = D_b(x_ab),
     d_ba = D_a(x_ba); with weights['feature'] > 0 also feature dicts f_a, f_ab, f_b, f_ba (a frozen
-    backbone on the inputs and on their translations).
+    backbone on the inputs and on their translations); the DETECTION_TERMS present are added with their
+    weights ('semantic_a' -> 'semantic').
     """
     w = {**DEFAULT_WEIGHTS, **dict(weights)}
     terms = {
@@ -105,6 +109,7 @@ def unit_generator_loss(out: Mapping[str, object], weights: Mapping[str, float] 
     if w['feature'] > 0:
         terms['feature_a'] = feature_loss(out['f_ab'], out['f_a'], feature_kind)
         terms['feature_b'] = feature_loss(out['f_ba'], out['f_b'], feature_kind)
+    terms.update({name: out[name] for name in DETECTION_TERMS if name in out})
     total = sum(w[name.rsplit('_', 1)[0]] * value for name, value in terms.items())  # 'cycle_kl_a' -> 'cycle_kl'
     return total, {'g_loss': total, **{f'g_{k}': v for k, v in terms.items()}}
 

@@ -4,7 +4,8 @@ base.py (Method, StepContext, Term, the METHODS registry), builtin.py (source_on
 coral, entropy), pseudo_label.py (self-training in rounds), mean_teacher.py (an EMA teacher on weak views
 supervising strong views), fine_tune.py (fine_tune on N labelled target images, feature_extract), lwf.py
 (Learning without Forgetting), translate_train.py (training on source images translated to the target),
-shared_latent.py (a detection head on the UNIT shared latent space), step.py
+shared_latent.py (a detection head on the UNIT shared latent space), training_free.py (online
+translation, gamma, histeq, AdaBN: no detector training), step.py
 (the generic data-parallel step), trainer.py (state, data, loop, evaluation), translation.py (UNIT).
 """
 from adapt.methods.base import METHODS, Method, StepContext, Term, get_method, register_method, resolve_terms
@@ -15,5 +16,6 @@ from adapt.methods import fine_tune  # noqa: E402,F401
 from adapt.methods import lwf  # noqa: E402,F401
 from adapt.methods import translate_train  # noqa: E402,F401
 from adapt.methods import shared_latent  # noqa: E402,F401
+from adapt.methods import training_free  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "StepContext", "Term", "get_method", "register_method", "resolve_terms"]

@@ -30,6 +30,9 @@
   target_data(source_builder, target_builder) -> TrainData: the target training examples it selects or
     makes (N labelled images of `target_split`, translated source images) instead of the whole
     `target_split`; its settings are bound by `configure`.
+  prepare(config, source_builder, target_builder, print_fn) -> config: rewrites the run's config before
+    anything is built (e.g. wraps the detector in a frozen input transform whose statistics it takes from
+    source frames); run.json stores the result, so a loaded run rebuilds the same detector.
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ class Method:
     param_groups: tuple = ()
     reinit: str = ''
     target_data: Callable | None = None
+    prepare: Callable | None = None
 
     @property
     def uses_target_labels(self) -> bool:

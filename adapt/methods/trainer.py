@@ -26,7 +26,7 @@ from adapt.methods.step import active_domains, make_step, where_path
 from adapt.models.data_settings import with_data_settings
 from adapt.models.detector import build_detector
 from adapt.runs import load_run, write_run
-from adapt.training import TrainState, make_mesh, train_loop
+from adapt.training import TrainState, make_mesh, to_host, train_loop
 from adapt.training.config import image_size, loop_config, optimizer_config
 from adapt.training.optim import OptimizerConfig, make_optimizer
 from adapt.training.metrics_log import MetricsWriter
@@ -265,6 +265,9 @@ def train(config, source_builder, target_builder=None, workdir='', *, data_dir=N
     are filled first (adapt.models.data_settings) and stored in run.json. Raises NonFiniteError on a NaN/Inf."""
     target_builder = target_builder or source_builder
     config = with_data_settings(config, source_builder, print_fn or print)
+    method = get_method(config.method)
+    if method.prepare is not None:
+        config = method.prepare(config, source_builder, target_builder, print_fn or print)
     s = setup(config, len(class_names(source_builder)))
     data = train_data(config, s, source_builder, target_builder)
     record = write_run(workdir, 'detector', config, **run_record(config, s, source_builder, data_dir, data))
@@ -274,10 +277,11 @@ def train(config, source_builder, target_builder=None, workdir='', *, data_dir=N
     run = TrainRun(config, s, source_builder, target_builder, workdir, mesh, evaluator,
                    loop_config(config, print_fn), on_step, data)
     state = (s.method.fit or fit)(run)
-    evaluator(state, config.num_steps)
+    step = int(to_host(state.step))  # num_steps, or 0 for a method that trains nothing
+    evaluator(state, step)
     writer = MetricsWriter(workdir, tensorboard=config.tensorboard)
     try:
-        evaluator.write(workdir, config.num_steps, writer, method=s.method.name, evaluated=record['evaluated'],
+        evaluator.write(workdir, step, writer, method=s.method.name, evaluated=record['evaluated'],
                         uses_target_labels=record['uses_target_labels'])
     finally:
         writer.close()

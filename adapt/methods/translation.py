@@ -24,7 +24,8 @@ from jax import lax
 
 from adapt.datasets.augment import NO_AUGMENT
 from adapt.datasets.pipeline import DetectionPipeline
-from adapt.datasets.two_domain import ZipIterator
+from adapt.datasets.two_domain import TRAIN_FIELDS, ZipIterator
+from adapt.losses.detection_aware import labelled_cycle, semantic_consistency
 from adapt.losses.gan import DEFAULT_WEIGHTS, unit_discriminator_loss, unit_generator_loss
 from adapt.models.unit import UNIT, Discriminators, UNITConfig, from_model, init_params, to_model
 from adapt.runs import write_run
@@ -81,13 +82,50 @@ def _critic_pair(critics, disc_params, real, fake, domain):
     return [m[:b] for m in maps], [m[b:] for m in maps]
 
 
+def crop_offsets(key, count: int, size, crop: int):
+    """[count, 2] int32 top-left corners of `crop` x `crop` windows in images of `size` (h, w), uniform, one
+    key per example (`example_keys`), so 1 and N devices draw the same."""
+    high = jnp.asarray([size[0] - crop + 1, size[1] - crop + 1])
+    return jax.vmap(lambda k: jax.random.randint(k, (2,), 0, high))(example_keys(key, count))
+
+
+def crop(images, offsets, size: int):
+    """The `size` x `size` windows at `offsets` [B, 2] of images [B, H, W, C]."""
+    return jax.vmap(lambda x, o: lax.dynamic_slice(x, (o[0], o[1], 0), (size, size, x.shape[-1])))(images, offsets)
+
+
+def paste(images, patches, offsets):
+    """Images [B, H, W, C] with patches [B, h, w, C] written at `offsets` [B, 2]."""
+    return jax.vmap(lambda x, p, o: lax.dynamic_update_slice(x, p, (o[0], o[1], 0)))(images, patches, offsets)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenDetector:
+    """A trained detector (adapt.models.detector interface) and its variables, held constant: the
+    detection-aware terms' judge. `source`: where it came from."""
+    detector: object
+    variables: object
+    source: str = ''
+
+
+def frozen_detector(workdir: str) -> FrozenDetector:
+    from adapt.runs import load_run
+    run = load_run(workdir, 'detector')
+    return FrozenDetector(run.detector(), jax.tree.map(np.asarray, run.variables()), f'{workdir} step {run.step}')
+
+
 def make_train_step(cfg: UNITConfig, weights=DEFAULT_WEIGHTS, gan_kind: str = 'lsgan', features=None,
-                    feature_kind: str = 'l1', groups=('disc', 'gen')):
+                    feature_kind: str = 'l1', groups=('disc', 'gen'), detector: FrozenDetector | None = None,
+                    crop_size: int = 0):
     """Per-device `step(state, batch, key) -> (state, metrics)` for `data_parallel`.
 
-    batch: {'a': [B, H, W, 3], 'b': [B, H, W, 3]} in [0, 1]. `features`: a `FrozenFeatures` for the
-    feature loss (needed when weights['feature'] > 0). `groups`: the half-updates to make, always critic
-    first (('disc',) or ('gen',) alone, e.g. for critic warm-up or tests).
+    batch: {'a': [B, H, W, 3], 'b': [B, H, W, 3]} in [0, 1]; 'a' is a dict {'image', 'boxes', 'labels',
+    'mask'} when weights['labelled_cycle'] > 0. `features`: a `FrozenFeatures` for the feature loss
+    (weights['feature'] > 0); `detector`: a `FrozenDetector` for the semantic and labelled-cycle terms.
+    `crop_size` > 0: UNIT trains on a random window of that size of each image (cheaper; objects keep
+    their scale), and the detector judges the whole frame with the window replaced by its translation.
+    `groups`: the half-updates to make, always critic first (('disc',) or ('gen',) alone, e.g. for
+    critic warm-up or tests).
     """
     if not groups or set(groups) - {'disc', 'gen'}:
         raise ValueError(f"groups {groups!r}: a non-empty subset of ('disc', 'gen')")
@@ -95,6 +133,22 @@ def make_train_step(cfg: UNITConfig, weights=DEFAULT_WEIGHTS, gan_kind: str = 'l
     weights = {**DEFAULT_WEIGHTS, **dict(weights)}
     if weights['feature'] > 0 and features is None:
         raise ValueError('the feature loss (weight > 0) needs a frozen backbone (features)')
+    judged = weights['semantic'] > 0 or weights['labelled_cycle'] > 0
+    if judged and detector is None:
+        raise ValueError('the semantic and labelled-cycle losses (weight > 0) need a frozen detector')
+
+    def detection_terms(out, frames, offsets, labels_a, key):
+        """The frozen detector's terms on whole frames ([-1, 1]) with the crop replaced by its translation."""
+        d, v = detector.detector, detector.variables
+        to01 = lambda x: (x + 1.0) * 0.5  # noqa: E731  (no clipping: keep the gradient)
+        whole = lambda name, patch: to01(paste(frames[name], out[patch], offsets[name]))  # noqa: E731
+        terms = {}
+        if weights['semantic'] > 0:
+            terms['semantic_a'] = semantic_consistency(d, v, to01(frames['a']), whole('a', 'x_ab'))
+            terms['semantic_b'] = semantic_consistency(d, v, to01(frames['b']), whole('b', 'x_ba'))
+        if weights['labelled_cycle'] > 0:
+            terms['labelled_cycle_a'], _ = labelled_cycle(d, v, whole('a', 'x_aba'), labels_a, AXIS, key)
+        return terms
 
     def d_objective(disc_params, out):
         real_a, fake_ba = _critic_pair(critics, disc_params, out['x_a'], out['x_ba'], 'a')
@@ -102,16 +156,26 @@ def make_train_step(cfg: UNITConfig, weights=DEFAULT_WEIGHTS, gan_kind: str = 'l
         return unit_discriminator_loss({'d_real_a': real_a, 'd_ba': fake_ba, 'd_real_b': real_b, 'd_ab': fake_ab},
                                        weights, gan_kind)
 
-    def g_objective(out, disc_params):
+    def g_objective(out, disc_params, frames, offsets, labels_a, key):
         out = {**out, 'd_ba': critics.apply({'params': disc_params}, out['x_ba'], 'a'),
                'd_ab': critics.apply({'params': disc_params}, out['x_ab'], 'b')}
         if weights['feature'] > 0:
             f = lambda x: features((x + 1.0) * 0.5)  # noqa: E731  (no clipping: keep the gradient)
             out.update(f_a=f(out['x_a']), f_b=f(out['x_b']), f_ab=f(out['x_ab']), f_ba=f(out['x_ba']))
+        if judged:
+            out.update(detection_terms(out, frames, offsets, labels_a, key))
         return unit_generator_loss(out, weights, gan_kind, feature_kind)
 
     def step(state, batch, key):
-        x_a, x_b = to_model(batch['a']), to_model(batch['b'])
+        labels_a = batch['a'] if isinstance(batch['a'], dict) else None
+        frames = {'a': to_model(labels_a['image'] if labels_a else batch['a']), 'b': to_model(batch['b'])}
+        if crop_size:
+            offsets = {name: crop_offsets(jax.random.fold_in(key, 2 + i), x.shape[0], x.shape[1:3], crop_size)
+                       for i, (name, x) in enumerate(frames.items())}
+            x_a, x_b = crop(frames['a'], offsets['a'], crop_size), crop(frames['b'], offsets['b'], crop_size)
+        else:
+            offsets = {name: jnp.zeros((x.shape[0], 2), jnp.int32) for name, x in frames.items()}
+            x_a, x_b = frames['a'], frames['b']
         shape = latent_shape(cfg, x_a.shape[1:3])
         keys = jnp.concatenate([example_keys(key, x_a.shape[0]), example_keys(jax.random.fold_in(key, 1),
                                                                               x_b.shape[0])])
@@ -126,7 +190,8 @@ def make_train_step(cfg: UNITConfig, weights=DEFAULT_WEIGHTS, gan_kind: str = 'l
             state = state.apply_gradients('disc', d_grads)
             metrics.update(d_metrics)
         if 'gen' in groups:
-            (_, g_metrics), out_grads = jax.value_and_grad(g_objective, has_aux=True)(out, state.params['disc'])
+            (_, g_metrics), out_grads = jax.value_and_grad(g_objective, has_aux=True)(
+                out, state.params['disc'], frames, offsets, labels_a, jax.random.fold_in(key, 4))
             (g_grads,) = gen_vjp(out_grads)
             state = state.apply_gradients('gen', lax.pmean(g_grads, AXIS))
             metrics.update(g_metrics)
@@ -197,11 +262,27 @@ def image_pipeline(builder, split, config, batch_size, train, seed=0, **kwargs):
                              augment=augment, shuffle_buffer=config.shuffle_buffer, **kwargs)
 
 
+def labelled_pipeline(builder, split, config, seed):
+    """Training batches of a labelled split with their boxes (the labelled cycle's day images)."""
+    augment = dataclasses.replace(NO_AUGMENT, flip_prob=config.flip_prob)
+    return DetectionPipeline(builder, split=split, global_batch_size=config.batch_size, image_size=image_size(config),
+                             max_boxes=config.max_boxes, train=True, seed=seed, augment=augment,
+                             shuffle_buffer=config.shuffle_buffer)
+
+
+def uses_labels(config) -> bool:
+    return loss_weights(config)['labelled_cycle'] > 0
+
+
 def make_data_iterator(config, builder_a, builder_b) -> ZipIterator:
-    """{'a': images, 'b': images} batches."""
-    return ZipIterator({'a': image_pipeline(builder_a, config.split_a, config, config.batch_size, True, config.seed),
-                        'b': image_pipeline(builder_b, config.split_b, config, config.batch_size, True,
-                                            config.seed + 1)}, fields={'a': 'image', 'b': 'image'})
+    """{'a': images, 'b': images} batches; 'a' carries its labels ({'image', 'boxes', 'labels', 'mask'}) for
+    the labelled cycle. Domain b's labels are never read."""
+    if uses_labels(config):
+        a, a_fields = labelled_pipeline(builder_a, config.split_a, config, config.seed), TRAIN_FIELDS
+    else:
+        a, a_fields = image_pipeline(builder_a, config.split_a, config, config.batch_size, True, config.seed), 'image'
+    return ZipIterator({'a': a, 'b': image_pipeline(builder_b, config.split_b, config, config.batch_size, True,
+                                                    config.seed + 1)}, fields={'a': a_fields, 'b': 'image'})
 
 
 def grid_samples(config, builder_a, builder_b):
@@ -216,13 +297,27 @@ def grid_samples(config, builder_a, builder_b):
 
 
 # ------------------------------------------------------------------------------------------ train
-def train(config, builder_a, builder_b, workdir, *, features=None, mesh=None, data_iterator=None,
+def check_detector(config, detector: FrozenDetector):
+    """ValueError (one line) unless the frozen detector judges frames of the size UNIT trains on."""
+    size, crop_size = tuple(image_size(config)), config.get('crop_size', 0)
+    if tuple(detector.detector.image_size) != size:
+        raise ValueError(f'the detector ({detector.source}) takes {detector.detector.image_size[0]}x'
+                         f'{detector.detector.image_size[1]} frames and UNIT trains on {size[0]}x{size[1]}: set '
+                         f'image_size to the detector\'s (and crop_size for cheaper steps)')
+    if crop_size and crop_size > min(size):
+        raise ValueError(f'crop_size {crop_size} is larger than the {size[0]}x{size[1]} images')
+
+
+def train(config, builder_a, builder_b, workdir, *, features=None, detector=None, mesh=None, data_iterator=None,
           print_fn=None, data_dir=None):
     """Train (or resume) UNIT in `workdir` (run.json written first); returns the final replicated state.
-    Raises NonFiniteError."""
-    write_run(workdir, 'unit', config, data_dir=data_dir)
+    `detector`: the FrozenDetector of the semantic and labelled-cycle terms. Raises NonFiniteError."""
+    if detector is not None:
+        check_detector(config, detector)
+    write_run(workdir, 'unit', config, data_dir=data_dir, judge=detector.source if detector else None)
     cfg = model_config(config)
-    step = make_train_step(cfg, loss_weights(config), config.loss.gan_kind, features, config.loss.feature_kind)
+    step = make_train_step(cfg, loss_weights(config), config.loss.gan_kind, features, config.loss.feature_kind,
+                           detector=detector, crop_size=config.get('crop_size', 0))
     grids = make_grid_fn(cfg)
     samples = grid_samples(config, builder_a, builder_b) if config.image_every else None
     image_fn = (lambda state, _: grids(to_host(state.params['gen']), *samples)) if samples is not None else None

@@ -44,12 +44,17 @@ def split_boxes(builder, split: str) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 4), np.float32)
 
 
+def settings_family(config) -> str:
+    """The family whose model block holds the settings: the wrapped one for a wrapper family (translated)."""
+    return config.get(config.detector, {}).get('detector', config.detector)
+
+
 def missing_keys(config) -> list:
     """The data-derived keys of the config's family still None."""
     from adapt.models.detector import detector_families
     detector_families()  # the built-in families register their settings on import
-    spec = DATA_SETTINGS.get(config.detector)
-    model = config[config.detector].get('model', {}) if spec else {}
+    spec = DATA_SETTINGS.get(settings_family(config))
+    model = config[settings_family(config)].get('model', {}) if spec else {}
     return [k for k in spec.keys if model.get(k) is None] if spec else []
 
 
@@ -60,7 +65,7 @@ def with_data_settings(config, source_builder, print_fn=print):
     missing = missing_keys(config)
     if not missing:
         return config
-    family = config.detector
+    family = settings_family(config)
     if config.get('init_run'):
         from adapt.runs import read_run
         init = read_run(config.init_run, 'detector')['config']
@@ -76,7 +81,7 @@ def with_box_settings(config, boxes, origin: str, print_fn=print):
     missing = missing_keys(config)
     if not missing:
         return config
-    family = config.detector
+    family = settings_family(config)
     if not len(boxes):
         raise ValueError(f'{family}: {origin} has no boxes to derive {", ".join(missing)} from')
     from adapt.training.config import image_size
@@ -90,5 +95,5 @@ def _filled(config, values: dict):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         for key, value in values.items():
-            config[config.detector].model[key] = value
+            config[settings_family(config)].model[key] = value
     return config

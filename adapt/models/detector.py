@@ -28,6 +28,9 @@ train step, the evaluator, inference and the frozen-feature code use only this i
       domain-specific layers (shared_latent: one encoder per domain) routes there; default: itself.
   frozen_params: regexes of 'detector/...' parameter paths the family never trains (shared_latent's frozen
       encoder), frozen in the optimizer under every method; default: none.
+  dense_scores(outputs) -> (logits [B, N, C'], 'softmax' | 'sigmoid'): class predictions at positions
+      fixed by the image size (anchors, grid cells), so two images' predictions compare position by
+      position (semantic consistency); default: 'cls_logits' with `score_kind`.
 """
 from __future__ import annotations
 
@@ -72,6 +75,9 @@ class Detector(abc.ABC):
     def frozen_params(self) -> tuple:
         return ()
 
+    def dense_scores(self, outputs):
+        return outputs['cls_logits'], self.score_kind
+
 
 def detector_families() -> list:
     """The registered family names, the built-in ones registered first."""
@@ -79,6 +85,7 @@ def detector_families() -> list:
     import adapt.models.shared_latent  # noqa: F401
     import adapt.models.yolo  # noqa: F401
     import adapt.models.faster_rcnn  # noqa: F401
+    import adapt.models.translated  # noqa: F401
     return DETECTORS.names()
 
 

@@ -339,6 +339,10 @@ class FasterRCNNDetector(Detector):
             stats = variables.get('batch_stats', {})
         return outputs, features, stats
 
+    def dense_scores(self, outputs):
+        """The RPN's objectness per anchor: the RoI head's rows follow each image's own proposals."""
+        return outputs['rpn_logits'][..., None], 'sigmoid'
+
     def loss(self, outputs, batch, axis_name=None, key=None):
         """The four terms (module docstring); `key` draws the anchor and RoI samples, per example. Metrics:
         each term, 'cls_loss' (RPN objectness + RoI class), 'box_loss' (both box terms), positives per image."""

@@ -54,6 +54,13 @@ def get_config():
     c.yolo = yolo_block()
     from experiments.configs.faster_rcnn_quick import faster_rcnn_block  # faster_rcnn_quick imports this module
     c.faster_rcnn = faster_rcnn_block()
+    # translated: a frozen input transform in front of a detector of `detector`'s family (adapt.models.translated);
+    # the online_translation / gamma / histeq methods wrap the run's detector and fill the transform's settings.
+    c.translated = ml_collections.ConfigDict(dict(
+        detector='ssd', transform='unit',            # unit | gamma | histeq
+        unit_run='', unit_step=ml_collections.FieldReference(None, field_type=int),
+        target_mean=ml_collections.FieldReference(None, field_type=float), target_cdf=(),
+        stats_split='validation_day'))              # the day frames gamma's and histeq's targets come from
     c.optimizer = ml_collections.ConfigDict(dict(
         name='adamw', schedule='cosine', warmup_steps=50, end_factor=0.0, weight_decay=5e-4, clip_norm=10.0))
     c.lr = 3e-3                       # peak learning rate (the optimizer's total_steps is num_steps)
@@ -77,7 +84,8 @@ def get_config():
     # Methods (adapt.methods; train_detector runs source_only, adapt_detector any of them).
     c.method = 'source_only'          # source_only | oracle | dann | mmd | coral | entropy | mean_teacher |
     #                                   pseudo_label | fine_tune | feature_extract | lwf | shared_latent |
-    #                                   translate_train (adapt.methods.METHODS)
+    #                                   translate_train | online_translation | gamma | histeq | adabn
+    #                                   (adapt.methods.METHODS)
     c.adaptation_losses = ''          # 'name:weight,...' (also package.module:function); '' = the method's
     c.adaptation_hparams = ml_collections.ConfigDict(dict(   # '' level = the detector's alignment level
         dann_image=dict(level='', hidden=64, gamma=10.0), dann_instance=dict(hidden=64, gamma=10.0),
@@ -89,7 +97,8 @@ def get_config():
     c.ema_decay = 0.0                 # > 0: train an EMA of the weights and evaluate it
     c.init_run = ''                   # a finished detector run to start from (fresh optimizer and schedule)
     c.translator = ''                 # a finished train_unit run whose frozen generator translates source ->
-    #                                   target (translate_train)
+    #                                   target (translate_train) and target -> source (online_translation)
+    c.adabn = ml_collections.ConfigDict(dict(num_images=0))  # adabn: target_split images (0 = all)
     # pseudo_label: rounds x steps_per_round must be num_steps (one learning-rate schedule over all rounds)
     c.pseudo_label = ml_collections.ConfigDict(dict(threshold=0.5, rounds=3, steps_per_round=100))
     # mean_teacher: the teacher's EMA decay (Adaptive Teacher: 0.9996 over 100k steps; adapt_quick: 0.99), the

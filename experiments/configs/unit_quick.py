@@ -24,14 +24,20 @@ def get_config():
     c.image_size = 64
     c.batch_size = 4
     c.num_steps = 2000
+    c.crop_size = 0                             # > 0: train on random windows of this size (see translation.py)
+    c.max_boxes = 16                            # labels per day image (the labelled cycle)
     c.flip_prob = 0.5
     c.shuffle_buffer = 2048
     c.model = ml_collections.ConfigDict(dict(
         dim=16, n_downsample=2, n_res=2, n_shared=1, dis_dim=16, dis_layers=3, num_scales=3, pad_type='reflect'))
     c.loss = ml_collections.ConfigDict(dict(
         gan_kind='lsgan',                       # lsgan | nsgan | hinge
-        weights=dict(gan=1.0, recon=10.0, kl=0.01, cycle=10.0, cycle_kl=0.01, feature=0.0),
+        weights=dict(gan=1.0, recon=10.0, kl=0.01, cycle=10.0, cycle_kl=0.01, feature=0.0, semantic=0.0,
+                     labelled_cycle=0.0),
         feature_kind='l1',                      # l1 | l2
+        # the frozen day detector (a train_detector workdir) of the detection-aware terms: semantic
+        # consistency, the labelled cycle, and the feature loss's backbone unless feature_backbone is set
+        detector_run='',
         feature_backbone='',                    # train_detector workdir whose backbone the feature loss uses
         feature_levels=('C3', 'C4')))
     c.lr = 4e-4

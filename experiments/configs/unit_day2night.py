@@ -1,0 +1,26 @@
+"""Detection-aware UNIT for online night -> day translation in front of the quick day detector (CPU).
+
+    python -m experiments.train_detector --workdir=/tmp/ssd_quick                       # the day detector
+    python -m experiments.train_unit --config=experiments/configs/unit_day2night.py \
+        --config.loss.detector_run=/tmp/ssd_quick --workdir=/tmp/unit_day2night
+    python -m experiments.adapt_detector --config.method=online_translation --config.init_run=/tmp/ssd_quick \
+        --config.translator=/tmp/unit_day2night --workdir=/tmp/online_translation   # evaluates it
+
+The translator runs at the detector's input resolution (the 128 px renders of r128_small resized to 160
+px, as the detector sees them), so objects keep their scale; it trains on random 64 px windows of those
+frames (a quarter of the cost of whole frames), and the frozen day detector judges the whole frame with
+the window replaced by its translation (adapt.losses.detection_aware). unit_quick's architecture and
+schedule otherwise.
+"""
+from experiments.configs import unit_quick
+
+
+def get_config():
+    c = unit_quick.get_config()
+    c.dataset_a = c.dataset_b = c.eval_dataset = 'daynight_synth/r128_small'
+    c.image_size = 160
+    c.crop_size = 64
+    c.num_steps = 1000
+    c.loss.weights.update(semantic=10.0, labelled_cycle=1.0, feature=0.0)
+    c.image_every = 500
+    return c
