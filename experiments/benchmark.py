@@ -186,13 +186,12 @@ def frame_costs(config, num_classes, sizes, steps, warmup):
     detector (forward pass + post-processing) and, for the translated family, of the translation and the
     detection alone -> [{'size', 'part', 'ms', 'gflops'}]."""
     import jax
+    import ml_collections
     from adapt.models.detector import build_detector
     from adapt.models.translated import TranslatedDetector
     rows = []
     for h, w in sizes:
-        sized = config.copy_and_resolve_references()
-        with sized.unlocked():
-            sized.image_size = (h, w)
+        sized = ml_collections.ConfigDict({**config.to_dict(), 'image_size': (h, w)})  # int field: rebuild
         detector = build_detector(sized, num_classes)
         variables = jax.device_get(detector.init(jax.random.key(0, impl='rbg')))
         frame = np.random.default_rng(0).uniform(0, 1, (1, h, w, 3)).astype(np.float32)

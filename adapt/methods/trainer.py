@@ -267,6 +267,8 @@ def train(config, source_builder, target_builder=None, workdir='', *, data_dir=N
     config = with_data_settings(config, source_builder, print_fn or print)
     method = get_method(config.method)
     if method.prepare is not None:
+        if method.configure is not None:
+            method.configure(config)  # its settings are checked (one-line errors) before prepare reads them
         config = method.prepare(config, source_builder, target_builder, print_fn or print)
     s = setup(config, len(class_names(source_builder)))
     data = train_data(config, s, source_builder, target_builder)

@@ -37,7 +37,8 @@ def _masked_moments(detector, variables, images, weights, axis_name=None):
                  jnp.sum(w) * math.prod(x.shape[1:-1]))
         if axis_name is not None:
             stats = lax.psum(stats, axis_name)
-        moments['/'.join(module.path)] = stats
+        path = '/'.join(module.path)  # a layer called more than once (shared over levels): all its inputs
+        moments[path] = tuple(a + b for a, b in zip(moments[path], stats)) if path in moments else stats
         mean = stats[0] / stats[2]
         var = jnp.maximum(stats[1] / stats[2] - mean ** 2, 0.0)
         y = (xf - mean) * lax.rsqrt(var + module.epsilon)
