@@ -21,6 +21,6 @@ def get_config():
     c.image_size = 160
     c.crop_size = 64
     c.num_steps = 1000
-    c.loss.weights.update(semantic=10.0, labelled_cycle=1.0, feature=0.0)
+    c.loss.weights.update(semantic=1000.0, labelled_cycle=1.0, feature=0.0)
     c.image_every = 500
     return c
