@@ -101,7 +101,7 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     """All the figures as a dict (see the module docstring)."""
     import jax
     from adapt.methods.trainer import init_state, setup
-    from adapt.models.data_settings import with_box_settings
+    from adapt.models.data_settings import settings_family, with_box_settings
     from adapt.models.inference import make_predict_fn
     from adapt.training import data_parallel, make_mesh, replicate, shard_batch
 
@@ -148,7 +148,7 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
     peak = peak_matmul_flops(n)
     mem_kind, mem_mib = peak_memory()
-    model = config[config.detector].model
+    model = config[settings_family(config)].model
     return {
         'backend': jax.default_backend(), 'devices': devices, 'device_kind': jax.devices()[0].device_kind,
         'backbone': model.get('backbone', 'none'), 'width': model.get('width', 1.0), 'detector': config.detector,

@@ -88,7 +88,8 @@ def set_backbone(config, name=None):
     """Usage error unless the chosen family's backbone (`name`, when given, replaces the preset's) is known;
     a family without one (shared_latent reads UNIT encoders) takes no --backbone."""
     from adapt.models.backbones import BACKBONES
-    model = config[config.detector].model
+    from adapt.models.data_settings import settings_family
+    model = config[settings_family(config)].model  # a wrapper family (translated): the wrapped one's
     if 'backbone' not in model:
         if name is not None:
             usage_error(f'detector {config.detector} has no backbone: drop --backbone')

@@ -104,9 +104,9 @@ def _config(num_steps):
     return cfg
 
 
-def _train(workdir, num_steps, detector, builder, mesh=None):
+def _train(workdir, num_steps, detector, builder, mesh=None, lines=None):
     state = translation.train(_config(num_steps), builder, builder, str(workdir), detector=detector, mesh=mesh,
-                              print_fn=lambda line: None)
+                              print_fn=(lines if lines is not None else []).append)
     return jax.device_get(state)
 
 
@@ -114,7 +114,11 @@ def test_translation_with_detection_terms_resumes_exactly_and_matches_one_device
     """The tiny day detector of `source_run` (32 px) judges a tiny UNIT trained on 16 px windows of 32 px
     day / night frames, with day labels. A run stopped after its step-2 checkpoint and started again
     reaches the uninterrupted run's state bit for bit (crop windows, noise and sampling are keyed by the
-    step; the data position is checkpointed); 1 device takes the same steps as 4."""
+    step; the data position is checkpointed): the stopped run is a copy of the whole one without its
+    step-4 checkpoint (SIGKILL at any point of the loop: tests/test_training_resume.py). 1 device takes
+    the same steps as 4."""
+    import shutil
+
     import tensorflow_datasets as tfds
 
     import adapt.datasets  # noqa: F401
@@ -123,8 +127,11 @@ def test_translation_with_detection_terms_resumes_exactly_and_matches_one_device
     detector = translation.frozen_detector(source_run[0])
     before = jax.tree.map(np.copy, detector.variables)
     whole = _train(tmp_path / 'whole', 4, detector, builder)
-    _train(tmp_path / 'stopped', 2, detector, builder)
-    resumed = _train(tmp_path / 'stopped', 4, detector, builder)
+    shutil.copytree(tmp_path / 'whole', tmp_path / 'stopped')
+    shutil.rmtree(tmp_path / 'stopped' / 'checkpoints' / '4')
+    lines = []
+    resumed = _train(tmp_path / 'stopped', 4, detector, builder, lines=lines)
+    assert any('resumed from' in line and 'step 2' in line for line in lines), lines
     assert int(whole.step) == int(resumed.step) == 4
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(a, b)

@@ -3,7 +3,13 @@
 One engine step = the reference's alternating pair: a critic update, then a generator update against the
 updated critics, in a single jitted, data-parallel `shard_map` step (`adapt.training.data_parallel`). The
 generator's forward pass runs once per step: its translations feed the critic update (as constants) and
-its `jax.vjp` gives the generator gradient afterwards, so nothing is computed twice. Latent noise is drawn
+its `jax.vjp` gives the generator gradient afterwards, so nothing is computed twice.
+
+Detection-aware training (adapt.losses.detection_aware): with a `FrozenDetector` (a trained day detector,
+never updated), the generator also answers to the detector's semantic consistency and to its loss on
+labelled day images after day -> night -> day. With `crop_size`, UNIT trains on random windows of the
+detector-size frames (objects keep the scale the detector knows, at a fraction of the cost) and the
+detector judges each whole frame with its window replaced by the translation. Latent noise is drawn
 per example from `example_keys`, so 1 and N devices take the same step. The state is a `MultiTrainState`
 with groups 'gen' and 'disc' (each half-update leaves the other group bit-identical).
 
@@ -255,18 +261,21 @@ def image_source(builder, split):
                                                                 'label': tf.zeros([0], tf.int64)}})
 
 
+def flips_only(config):
+    """UNIT's augmentation: horizontal flips, no crops (crop_size crops in the step), no colour jitter."""
+    return dataclasses.replace(NO_AUGMENT, flip_prob=config.flip_prob)
+
+
 def image_pipeline(builder, split, config, batch_size, train, seed=0, **kwargs):
-    augment = dataclasses.replace(NO_AUGMENT, flip_prob=config.flip_prob)  # no crops, no colour jitter
     return DetectionPipeline(image_source(builder, split), global_batch_size=batch_size,
                              image_size=image_size(config), max_boxes=1, train=train, seed=seed,
-                             augment=augment, shuffle_buffer=config.shuffle_buffer, **kwargs)
+                             augment=flips_only(config), shuffle_buffer=config.shuffle_buffer, **kwargs)
 
 
 def labelled_pipeline(builder, split, config, seed):
     """Training batches of a labelled split with their boxes (the labelled cycle's day images)."""
-    augment = dataclasses.replace(NO_AUGMENT, flip_prob=config.flip_prob)
     return DetectionPipeline(builder, split=split, global_batch_size=config.batch_size, image_size=image_size(config),
-                             max_boxes=config.max_boxes, train=True, seed=seed, augment=augment,
+                             max_boxes=config.max_boxes, train=True, seed=seed, augment=flips_only(config),
                              shuffle_buffer=config.shuffle_buffer)
 
 
