@@ -17,13 +17,13 @@ from adapt.losses.distillation import sigmoid_kl, softmax_kl
 
 
 def semantic_consistency(detector, variables, originals01, translations01, temperature: float = 1.0):
-    """Mean over images and positions of KL(teacher || student), the teacher being the detector on the
-    originals (no gradient), the student the detector on their translations (images in [0, 1])."""
+    """Per image [B], the mean over positions of KL(teacher || student), the teacher being the detector on
+    the originals (no gradient), the student the detector on their translations (images in [0, 1])."""
     variables = lax.stop_gradient(variables)
     teacher, kind = detector.dense_scores(detector.apply(variables, originals01, train=False)[0])
     student, _ = detector.dense_scores(detector.apply(variables, translations01, train=False)[0])
     kl = softmax_kl if kind == 'softmax' else sigmoid_kl
-    return jnp.mean(kl(student, lax.stop_gradient(teacher), temperature))
+    return jnp.mean(kl(student, lax.stop_gradient(teacher), temperature), axis=1)
 
 
 def labelled_cycle(detector, variables, cycled01, labels, axis_name=None, key=None):

@@ -149,9 +149,11 @@ def make_train_step(cfg: UNITConfig, weights=DEFAULT_WEIGHTS, gan_kind: str = 'l
         to01 = lambda x: (x + 1.0) * 0.5  # noqa: E731  (no clipping: keep the gradient)
         whole = lambda name, patch: to01(paste(frames[name], out[patch], offsets[name]))  # noqa: E731
         terms = {}
-        if weights['semantic'] > 0:
-            terms['semantic_a'] = semantic_consistency(d, v, to01(frames['a']), whole('a', 'x_ab'))
-            terms['semantic_b'] = semantic_consistency(d, v, to01(frames['b']), whole('b', 'x_ba'))
+        if weights['semantic'] > 0:  # both domains in one pass of the detector
+            kl = semantic_consistency(d, v, to01(jnp.concatenate([frames['a'], frames['b']])),
+                                      jnp.concatenate([whole('a', 'x_ab'), whole('b', 'x_ba')]))
+            b = frames['a'].shape[0]
+            terms['semantic_a'], terms['semantic_b'] = jnp.mean(kl[:b]), jnp.mean(kl[b:])
         if weights['labelled_cycle'] > 0:
             terms['labelled_cycle_a'], _ = labelled_cycle(d, v, whole('a', 'x_aba'), labels_a, AXIS, key)
         return terms
