@@ -69,7 +69,7 @@ def subprocess_env():
     import os
     env = dict(os.environ)
     env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 '
-                        '--xla_llvm_disable_expensive_passes=true --xla_cpu_multi_thread_eigen=false')
+                        '--xla_llvm_disable_expensive_passes=true')
     env['JAX_PLATFORMS'] = 'cpu'
     env['TF_CPP_MIN_LOG_LEVEL'] = '2'
     env['PYTHONPATH'] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
