@@ -25,6 +25,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
+from adapt.evaluation.efficiency import flops_of, frame_costs, timed
 from experiments import common
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
@@ -60,22 +61,6 @@ def random_batch(batch_size, image_size, max_boxes, num_classes, seed=0):
     labels = np.where(mask, rng.integers(0, num_classes, (batch_size, max_boxes)), -1)
     return {'image': rng.uniform(0, 1, (batch_size, image_size, image_size, 3)).astype(np.float32),
             'boxes': boxes.astype(np.float32), 'labels': labels.astype(np.int32), 'mask': mask}
-
-
-def timed(fn, steps, warmup):
-    """Seconds per call of `fn()` (which must block until its results are ready)."""
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - start) / steps
-
-
-def flops_of(compiled):
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get('flops', float('nan')))
 
 
 def peak_matmul_flops(n):
@@ -179,32 +164,6 @@ def parse_sizes(text, train_size):
             common.usage_error(f'--frame_sizes: {item!r} is not HEIGHTxWIDTH (e.g. 720x1280) or train')
         sizes.append((int(h), int(w)))
     return sizes
-
-
-def frame_costs(config, num_classes, sizes, steps, warmup):
-    """Inference on one frame (batch 1, one device) at each (h, w) of `sizes`: ms and GFLOPs of the whole
-    detector (forward pass + post-processing) and, for the translated family, of the translation and the
-    detection alone -> [{'size', 'part', 'ms', 'gflops'}]."""
-    import jax
-    import ml_collections
-    from adapt.models.detector import build_detector
-    from adapt.models.translated import TranslatedDetector
-    rows = []
-    for h, w in sizes:
-        sized = ml_collections.ConfigDict({**config.to_dict(), 'image_size': (h, w)})  # int field: rebuild
-        detector = build_detector(sized, num_classes)
-        variables = jax.device_get(detector.init(jax.random.key(0, impl='rbg')))
-        frame = np.random.default_rng(0).uniform(0, 1, (1, h, w, 3)).astype(np.float32)
-        parts = {'detector': lambda v, x, d=detector: d.postprocess(d.apply(v, x)[0])}
-        if isinstance(detector, TranslatedDetector):
-            inner = detector.inner
-            parts['translation'] = lambda v, x: detector.translate(x)
-            parts['detection'] = lambda v, x: inner.postprocess(inner.apply(v, x)[0])
-        for part, fn in parts.items():
-            compiled = jax.jit(fn).lower(variables, frame).compile()
-            ms = timed(lambda: jax.block_until_ready(compiled(variables, frame)), steps, warmup) * 1e3
-            rows.append({'size': f'{h}x{w}', 'part': part, 'ms': ms, 'gflops': flops_of(compiled) / 1e9})
-    return rows
 
 
 def frame_table(rows) -> str:

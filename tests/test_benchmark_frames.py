@@ -1,8 +1,10 @@
-"""The benchmark's per-frame costs of online translation: the wrapped detector costs its translation plus
-its detection, and the fully convolutional translator's FLOPs grow with the pixels of the frame."""
+"""Per-frame costs of online translation (adapt.evaluation.efficiency: the benchmark's and the Day2Night
+report's): the wrapped detector costs its translation plus its detection, and the fully convolutional
+translator's FLOPs grow with the pixels of the frame."""
 import ml_collections
 import pytest
 
+from adapt.evaluation.efficiency import frame_costs
 from experiments import benchmark
 
 
@@ -11,7 +13,7 @@ def test_translated_frame_costs_split_into_translation_and_detection(source_run,
     config = load_run(source_run[0], 'detector').config
     config = ml_collections.ConfigDict({**config.to_dict(), 'detector': 'translated'})
     config.translated.update(dict(detector='ssd', transform='unit', unit_run=unit_run))
-    rows = benchmark.frame_costs(config, 3, [(32, 32), (64, 96)], steps=1, warmup=0)
+    rows = frame_costs(config, 3, [(32, 32), (64, 96)], steps=1, warmup=0)
     cost = {(r['size'], r['part']): r for r in rows}
     assert sorted(cost) == sorted((s, p) for s in ('32x32', '64x96') for p in ('detector', 'translation', 'detection'))
     for size in ('32x32', '64x96'):

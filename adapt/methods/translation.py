@@ -320,9 +320,10 @@ def check_detector(config, detector: FrozenDetector):
 
 
 def train(config, builder_a, builder_b, workdir, *, features=None, detector=None, mesh=None, data_iterator=None,
-          print_fn=None, data_dir=None):
+          print_fn=None, data_dir=None, on_step=None):
     """Train (or resume) UNIT in `workdir` (run.json written first); returns the final replicated state.
-    `detector`: the FrozenDetector of the semantic and labelled-cycle terms. Raises NonFiniteError."""
+    `detector`: the FrozenDetector of the semantic and labelled-cycle terms; `on_step(step)` runs after every
+    step (see train_loop). Raises NonFiniteError."""
     if detector is not None:
         check_detector(config, detector)
     write_run(workdir, 'unit', config, data_dir=data_dir, judge=detector.source if detector else None)
@@ -337,7 +338,7 @@ def train(config, builder_a, builder_b, workdir, *, features=None, detector=None
     try:
         return train_loop(init_state(config), step, data, config.num_steps, workdir, loop, mesh=mesh,
                           image_fn=image_fn, meta={'method': 'unit', 'split_a': config.split_a,
-                                                   'split_b': config.split_b})
+                                                   'split_b': config.split_b}, on_step=on_step)
     finally:
         if data_iterator is None:
             data.close()

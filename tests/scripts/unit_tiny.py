@@ -65,11 +65,10 @@ def cli_flags(workdir, data_dir, num_steps=2, **config):
 
 
 def subprocess_env():
-    """Environment for CLI subprocesses: 4 host devices, fast (unoptimised) XLA compiles, quiet TF."""
+    """Environment for CLI subprocesses: the test session's XLA_FLAGS (4 host devices, fast compiles: see
+    tests/conftest.py), CPU only, quiet TF."""
     import os
     env = dict(os.environ)
-    env['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 '
-                        '--xla_llvm_disable_expensive_passes=true')
     env['JAX_PLATFORMS'] = 'cpu'
     env['TF_CPP_MIN_LOG_LEVEL'] = '2'
     env['PYTHONPATH'] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

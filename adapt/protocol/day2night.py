@@ -1,0 +1,279 @@
+"""The Day2Night protocol as a stage graph: data -> source-only burn-in -> detection-aware UNIT -> every method
+continued from the burn-in -> a sequential day -> dusk -> night run -> evaluation -> report.
+
+Validity is built in, not left to convention:
+- training stages read train and validation splits only (`check_no_test_split` on every training config);
+  test splits are read by the evaluation stages alone (adapt.protocol.evaluation);
+- every method, source_only and oracle included, continues the same burn-in with the same steps, schedule,
+  augmentation and EMA setting (`method_config`); unsupervised methods get no target labels (the trainer's
+  data iterator drops them, tests/test_methods.py);
+- every row reports the last checkpoint; the checkpoint chosen on labelled target validation is evaluated
+  apart and reported in its own, named column (oracle selection).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import ml_collections
+
+from adapt.protocol.stages import Stage, expand_seeds, seed_name
+
+# Methods that read a train_unit run, and how (online_translation / translate_train: `translator`).
+NEEDS_TRANSLATOR = ('online_translation', 'translate_train')
+LOG_FILE = 'log.txt'
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    name: str
+    dataset: str
+    train: str
+    validation: str
+    test: str
+
+
+def domains(config) -> dict:
+    """{name: Domain} in the config's order (source, intermediate, target first)."""
+    order = [config.source, config.intermediate, config.target]
+    names = order + [n for n in config.domains if n not in order]
+    return {n: Domain(n, **config.domains[n].to_dict()) for n in names if n}
+
+
+def method_names(config) -> list:
+    """The methods to run (`methods`, '' = every registered); ValueError (one line) for an unknown one."""
+    import adapt.methods  # noqa: F401  (registers the built-in methods)
+    from adapt.methods.base import METHODS
+    known = METHODS.names()
+    wanted = [m.strip() for m in config.methods.split(',') if m.strip()] or known
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise ValueError(f'unknown method {unknown[0]!r}; valid choices: {", ".join(known)}')
+    return list(dict.fromkeys(wanted))
+
+
+def check_no_test_split(config, test_splits) -> None:
+    """ValueError unless a training config reads no test split (for training or for validation)."""
+    read = [config.train_split, config.target_split] + [
+        s.strip() for s in f'{config.eval_splits},{config.get("target_eval_splits", "")}'.split(',') if s.strip()]
+    leaked = sorted({s for s in read if s.split('[')[0] in test_splits})
+    if leaked:
+        raise ValueError(f'a training stage would read the test split(s) {", ".join(leaked)}')
+
+
+def _copy(config):
+    return ml_collections.ConfigDict(config.to_dict())
+
+
+def training_config(config, *, source: Domain, target: Domain, num_steps: int, seed: int):
+    """The burn-in preset reading `source` (labelled) and `target` (unlabelled unless the method uses its
+    labels), validated on both domains' validation splits only."""
+    c = _copy(config.burn_in)
+    c.seed = seed
+    c.dataset, c.train_split = source.dataset, source.train
+    c.target_dataset = '' if target.dataset == source.dataset else target.dataset
+    c.target_split = target.train
+    c.eval_splits = source.validation
+    c.target_eval_splits = target.validation
+    c.num_steps = num_steps
+    return c
+
+
+def method_config(config, method: str, seed: int, burn_in: str, unit: str):
+    """One method continued from the burn-in run `burn_in` (`unit`: the translator run of the methods that
+    read one); every method gets the same `adapt` schedule (steps, lr, warm-up, EMA), validated on both
+    domains at its middle and its end."""
+    d = domains(config)
+    a = config.adapt
+    c = training_config(config, source=d[config.source], target=d[config.target], num_steps=a.num_steps, seed=seed)
+    c.method = method
+    c.lr = a.lr
+    c.optimizer.warmup_steps = a.warmup_steps
+    c.ema_decay = a.ema_decay
+    c.eval_every = c.checkpoint_every = max(a.num_steps // 2, 1)
+    c.keep = 2
+    c.init_run = burn_in
+    c.mean_teacher.decay = a.mean_teacher_decay
+    c.pseudo_label.rounds = a.pseudo_label_rounds
+    c.pseudo_label.steps_per_round = a.num_steps // a.pseudo_label_rounds
+    c.fine_tune.num_labelled = a.num_labelled
+    if method in NEEDS_TRANSLATOR:
+        c.translator = unit
+    if method == 'shared_latent':  # a fresh head on the UNIT encoders: no burn-in weights fit it
+        c.detector, c.init_run = 'shared_latent', ''
+        c.shared_latent.unit_run = unit
+    return c
+
+
+def unit_config(config, seed: int, burn_in: str):
+    d = domains(config)
+    c = _copy(config.unit)
+    c.seed = seed
+    c.dataset_a, c.split_a = d[config.source].dataset, d[config.source].train
+    c.dataset_b, c.split_b = d[config.target].dataset, d[config.target].train
+    c.eval_dataset = ''  # the paired split is not part of the protocol
+    c.loss.detector_run = burn_in
+    return c
+
+
+class Builders:
+    """TFDS builders by dataset name, made once per process."""
+
+    def __init__(self, data_dir=None):
+        self.data_dir, self._builders = data_dir, {}
+
+    def __call__(self, name):
+        if name not in self._builders:
+            import tensorflow_datasets as tfds
+            import adapt.datasets  # noqa: F401  (registers daynight_synth, bdd100k)
+            self._builders[name] = tfds.builder(name, data_dir=self.data_dir)
+        return self._builders[name]
+
+
+def _logged(ctx):
+    """print_fn for a stage's library calls: lines go to <stage workdir>/log.txt, not the console."""
+    path = os.path.join(ctx.workdir, LOG_FILE)
+
+    def write(line):
+        with open(path, 'a') as f:
+            f.write(f'{line}\n')
+    return write
+
+
+def _progress(ctx, total, unit='steps'):
+    return lambda step: ctx.progress(step, total, unit=unit)
+
+
+# --- stages ---------------------------------------------------------------------------------------------
+
+def data_stage(config, builders, manual_dir=None) -> Stage:
+    """Prepares every dataset (procedural builders generate theirs; BDD100K reads `manual_dir`) and records
+    the frame count of every split the protocol reads."""
+    d = domains(config)
+
+    def run(ctx):
+        import tensorflow_datasets as tfds
+        counts = {}
+        for dom in d.values():
+            builder = builders(dom.dataset)
+            if not builder.is_prepared():
+                ctx.print_fn(f'  preparing {builder.info.full_name} in {builder.data_dir} ...')
+                builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+            for role in ('train', 'validation', 'test'):
+                split = getattr(dom, role)
+                if split.split('[')[0] not in builder.info.splits:
+                    raise ValueError(f'{builder.info.full_name} has no split {split!r} ({dom.name} {role}); '
+                                     f'it has {", ".join(sorted(builder.info.splits))}')
+                counts[f'{dom.name}/{role}'] = {'dataset': builder.info.full_name, 'split': split,
+                                                'count': int(builder.info.splits[split].num_examples)}
+        return {'splits': counts}
+
+    settings = {'domains': config.domains.to_dict(), 'manual_dir': manual_dir or ''}
+    return Stage('data', settings, run=run, headline=lambda r: ', '.join(
+        f"{k} {v['count']}" for k, v in r['splits'].items() if k.endswith('/test')))
+
+
+def _train_detector(ctx, c, builders, test_splits):
+    from adapt.methods.trainer import train
+    check_no_test_split(c, test_splits)
+    source = builders(c.dataset)
+    target = builders(c.target_dataset) if c.target_dataset else source
+    start = time.time()
+    summary = train(c, source, target, ctx.workdir, data_dir=builders.data_dir,
+                    on_step=_progress(ctx, c.num_steps), print_fn=_logged(ctx))
+    return {'validation': summary, 'seconds': time.time() - start, 'num_steps': c.num_steps}
+
+
+def _headline(result):
+    cells = [f"{k} AP50 {v['AP50']:.3f}" for k, v in result['validation'].items() if 'AP50' in v]
+    return ', '.join(cells)
+
+
+def seed_stages(config, builders, methods, seed) -> list:
+    """The stages of one seed (named without the seed; `expand_seeds` adds it)."""
+    d = domains(config)
+    tests = {dom.test.split('[')[0] for dom in d.values()}
+    src, mid, tgt = d[config.source], d[config.intermediate], d[config.target]
+    sn = lambda name: seed_name(name, seed)  # noqa: E731  (a dep's workdir key in ctx.dep_workdirs)
+    stages = []
+
+    burn = training_config(config, source=src, target=tgt, num_steps=config.burn_in.num_steps, seed=seed)
+    stages.append(Stage('burn_in', {'config': burn.to_dict()}, deps=('data',), headline=_headline,
+                        run=lambda ctx: _train_detector(ctx, burn, builders, tests)))
+
+    def run_unit(ctx):
+        from adapt.methods import translation
+        c = unit_config(config, seed, ctx.dep_workdirs[sn('burn_in')])
+        judge = translation.frozen_detector(c.loss.detector_run) if _uses_judge(c) else None
+        start = time.time()
+        translation.train(c, builders(c.dataset_a), builders(c.dataset_b), ctx.workdir, detector=judge,
+                          data_dir=builders.data_dir, print_fn=_logged(ctx), on_step=_progress(ctx, c.num_steps))
+        return {'num_steps': c.num_steps, 'seconds': time.time() - start}
+
+    stages.append(Stage('unit', {'config': unit_config(config, seed, '').to_dict()}, deps=('burn_in',),
+                        run=run_unit))
+
+    for method in methods:
+        deps = ('burn_in', 'unit') if method in NEEDS_TRANSLATOR + ('shared_latent',) else ('burn_in',)
+        settings = {'config': method_config(config, method, seed, '', '').to_dict()}
+
+        def run_method(ctx, method=method):
+            c = method_config(config, method, seed, ctx.dep_workdirs[sn('burn_in')],
+                              ctx.dep_workdirs.get(sn('unit'), ''))
+            return _train_detector(ctx, c, builders, tests)
+        stages.append(Stage(f'method/{method}', settings, deps=deps, run=run_method, headline=_headline))
+
+    # Sequential labelled training day -> dusk -> night: the R[i, j] matrix of backward / forward transfer.
+    previous = 'burn_in'
+    for dom in (mid, tgt):
+        c = training_config(config, source=dom, target=dom, num_steps=config.sequential_steps, seed=seed)
+        c.update(dict(lr=config.adapt.lr, eval_every=0, checkpoint_every=config.sequential_steps))
+        c.optimizer.warmup_steps = config.adapt.warmup_steps
+
+        def run_seq(ctx, c=c, previous=previous):
+            c = _copy(c)
+            c.init_run = ctx.dep_workdirs[sn(previous)]
+            return _train_detector(ctx, c, builders, tests)
+        name = f'sequential/{dom.name}'
+        stages.append(Stage(name, {'config': c.to_dict()}, deps=(previous,), run=run_seq, headline=_headline))
+        previous = name
+    stages.extend(evaluation_stages(config, builders, methods, seed))
+    return stages
+
+
+def _uses_judge(unit_cfg) -> bool:
+    w = unit_cfg.loss.weights
+    return w.get('semantic', 0.0) > 0 or w.get('labelled_cycle', 0.0) > 0
+
+
+def evaluation_stages(config, builders, methods, seed) -> list:
+    """One evaluation stage per evaluated run: the methods, the burn-in (the 'before' of forgetting and row
+    0 of R) and the sequential runs (R's other rows)."""
+    from adapt.protocol import evaluation
+    d = domains(config)
+    settings = {'domains': config.domains.to_dict(), 'bootstrap_samples': config.bootstrap_samples,
+                'feature_images': config.feature_images, 'frame_sizes': config.frame_sizes,
+                'num_examples': config.num_examples, 'target': config.target, 'version': 1}
+    runs = [f'method/{m}' for m in methods] + ['burn_in'] + [
+        f'sequential/{n}' for n in (config.intermediate, config.target)]
+    stages = []
+    for run_name in runs:
+        def run(ctx, run_name=run_name):
+            return evaluation.evaluate_run(ctx, ctx.dep_workdirs[seed_name(run_name, seed)], d, config, builders,
+                                           full=run_name.startswith('method/'))
+        stages.append(Stage(f'evaluate/{run_name}', settings, deps=(run_name,), run=run,
+                            headline=evaluation.headline))
+    return stages
+
+
+def build_stages(config, *, data_dir=None, manual_dir=None, builders=None) -> list:
+    """Every stage of the protocol for `config.seeds` seeds, the report last."""
+    from adapt.protocol import report
+    builders = builders or Builders(data_dir)
+    methods = method_names(config)
+    seeds = list(range(config.seeds))
+    stages = [data_stage(config, builders, manual_dir)]
+    stages += expand_seeds(lambda seed: seed_stages(config, builders, methods, seed), seeds)
+    stages.append(report.report_stage(config, methods, seeds, [s.name for s in stages]))
+    return stages

@@ -1,0 +1,182 @@
+"""The Day2Night evaluation stage: the only reader of the test splits.
+
+For one trained run it writes, in its stage workdir, the COCO detections and ground truth of every
+domain's test split (anyone can recompute each number with pycocotools) and returns the metrics with
+bootstrap 95 % intervals over test images, the target's precision-recall curve, the proxy A-distance of
+its backbone features (source vs target test images), its size and per-frame cost, and the target
+metrics of the checkpoint an oracle would pick on labelled target validation (reported apart).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import numpy as np
+
+from adapt.protocol.stages import canonical_json
+
+EXAMPLES_FILE = 'examples.npz'
+
+
+def evaluated_model(run) -> str:
+    """What a run's numbers are of: the teacher of a mean-teacher run (as published), else its EMA when it
+    kept one, else the trained model."""
+    if 'teacher' in ((run.state.get('aux') or {}).get('method') or {}):
+        return 'teacher'
+    return 'ema' if run.uses_ema else 'model'
+
+
+def model_variables(run, model: str) -> dict:
+    if model == 'teacher':
+        return run.state['aux']['method']['teacher']
+    return run.variables(ema=model == 'ema')
+
+
+def count_params(tree) -> int:
+    import jax
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def translator_params(config) -> int:
+    """Parameters of the frozen generator a translated detector runs in front of its detector (0 otherwise)."""
+    if config.detector != 'translated' or config.translated.transform != 'unit':
+        return 0
+    from adapt.runs import load_run
+    return count_params(load_run(config.translated.unit_run, 'unit', config.translated.unit_step).state['params']['gen'])
+
+
+def selection_steps(workdir: str, split: str, model: str) -> dict:
+    """{step: AP50 of `model` on `split`} from the run's validation rows (metrics.jsonl; a run that evaluates
+    several models labels them '<model>/<split>')."""
+    labels = (f'{model}/{split}/AP50', f'{split}/AP50')
+    steps = {}
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        for line in f:
+            row = json.loads(line)
+            value = next((row[k] for k in labels if k in row), None)
+            if row.get('split') == 'eval' and value is not None:
+                steps[int(row['step'])] = float(value)
+    return steps
+
+
+@functools.lru_cache(maxsize=None)
+def _frame_costs(config_json: str, num_classes: int, sizes: str):
+    """Per-frame cost of an architecture (cached: most methods share the burn-in's)."""
+    import ml_collections
+
+    from adapt.evaluation.efficiency import frame_costs
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    size = config.image_size
+    train = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    parsed = [train if s.strip() == 'train' else tuple(int(x) for x in s.strip().split('x'))
+              for s in sizes.split(',') if s.strip()]
+    return tuple(r for r in frame_costs(config, num_classes, parsed) if r['part'] == 'detector')
+
+
+def _pooled_features(run, detector, batches, limit):
+    """Global-average-pooled deepest backbone features of the first `limit` images (translated first for a
+    translated detector: the features the detector computes)."""
+    from adapt.models.frozen_features import from_detector_workdir
+    from adapt.models.translated import TranslatedDetector
+    extract = from_detector_workdir(run.workdir)
+    extract = extract.with_levels(extract.levels[-1:])
+    rows = []
+    for batch in batches:
+        images = batch['image'][batch['valid']]
+        if isinstance(detector, TranslatedDetector):
+            images = np.asarray(detector.translate(images))
+        feats = next(iter(extract(images).values()))
+        rows.append(np.asarray(feats).mean(axis=(1, 2)))
+        if sum(len(r) for r in rows) >= limit:
+            break
+    return np.concatenate(rows)[:limit]
+
+
+def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
+    """Test metrics of the run in `workdir` on every domain (see the module doc); `full` adds intervals,
+    curves, features, costs, examples and the oracle-selected column (the methods' rows)."""
+    from adapt.evaluation import write_json
+    from adapt.evaluation.curves import precision_recall
+    from adapt.evaluation.detector_eval import Evaluator, eval_pipeline
+    from adapt.evaluation.transfer import bootstrap_ci, proxy_a_distance
+    from adapt.evaluation.voc import match_detections
+    from adapt.models.inference import draw_detections, voc_inputs
+    from adapt.runs import load_run
+    from adapt.training import make_mesh, replicate
+    run = load_run(workdir, 'detector')
+    detector, mesh = run.detector(), make_mesh()
+    model = evaluated_model(run)
+    variables = replicate(model_variables(run, model), mesh)
+    target = domains[config.target]
+    result = {'method': run.config.method, 'model': model, 'step': run.step, 'uses_target_labels':
+              bool(run.record.get('uses_target_labels')), 'samples': run.record.get('samples', {}),
+              'params': count_params(model_variables(run, model)['params']) + translator_params(run.config),
+              'test': {}, 'files': {}}
+    examples = {}
+    for dom in domains.values():
+        ctx.print_fn(f'  {ctx.name}: {dom.name} test ({dom.dataset} {dom.test}) ...')
+        builder = builders(dom.dataset)
+        evaluator = Evaluator(run.config, builder, detector, [dom.test], mesh)
+        keep = config.num_examples if full and dom.name == target.name else 0
+        metrics, pred, gt, dets = evaluator.evaluate(variables, dom.test, keep_images=keep)
+        files = {'detections': f'detections_{dom.name}.json', 'ground_truth': f'ground_truth_{dom.name}.json'}
+        write_json(dets, os.path.join(ctx.workdir, files['detections']))
+        write_json(gt, os.path.join(ctx.workdir, files['ground_truth']))
+        entry = {k: float(metrics[k]) for k in ('AP50', 'AP', 'AP75') if k in metrics}
+        entry['images'] = len(gt['images'])
+        if full:
+            for metric in ('AP50', 'AP'):
+                entry[f'{metric}_ci'] = list(bootstrap_ci(gt, dets, metric, config.bootstrap_samples)[1:])
+        result['test'][dom.name], result['files'][dom.name] = entry, files
+        if keep:
+            examples = {'raw': np.round(pred['images'] * 255).astype(np.uint8), 'drawn': np.stack([
+                draw_detections(*args, evaluator.names, gt_boxes=g, scale=2) for *args, g in zip(
+                    pred['images'], pred['canvas_boxes'], pred['classes'], pred['scores'], pred['canvas_gt_boxes'])])}
+            if hasattr(detector, 'translate'):
+                examples['translated'] = np.round(np.asarray(detector.translate(pred['images'])) * 255).astype(np.uint8)
+        if full and dom.name == target.name:
+            curve = precision_recall(match_detections(*voc_inputs(pred), len(evaluator.names), 0.5))
+            result['target_pr'] = {k: np.round(curve[k], 5).tolist() for k in ('recall', 'precision')}
+    if examples:
+        np.savez_compressed(os.path.join(ctx.workdir, EXAMPLES_FILE), **examples)
+    if not full:
+        return result
+    source = domains[config.source]
+    batches = lambda dom: eval_pipeline(run.config, builders(dom.dataset), dom.test)  # noqa: E731
+    try:
+        feats = [_pooled_features(run, detector, batches(d), config.feature_images) for d in (source, target)]
+        result['proxy_a_distance'] = float(proxy_a_distance(*feats))
+    except (KeyError, ValueError) as error:  # a family without a backbone of ours (shared_latent)
+        ctx.print_fn(f'  {ctx.name}: no proxy A-distance ({error})')
+        result['proxy_a_distance'] = None
+    cost_config = canonical_json(run.config.to_dict())
+    result['frame_costs'] = [dict(r) for r in _frame_costs(cost_config, len(run.class_names), config.frame_sizes)]
+    result['oracle_selected'] = _oracle_selected(ctx, run, target, builders, mesh)
+    return result
+
+
+def _oracle_selected(ctx, run, target, builders, mesh) -> dict:
+    """Target test metrics at the checkpoint with the best labelled target-validation AP50 (what selection by
+    an oracle reports; kept apart from the main columns)."""
+    from adapt.evaluation.detector_eval import Evaluator
+    from adapt.runs import load_run
+    from adapt.training import replicate
+    scores = selection_steps(run.workdir, target.validation, evaluated_model(run))
+    kept = {s: v for s, v in scores.items() if os.path.isdir(os.path.join(run.workdir, 'checkpoints', str(s)))}
+    if not kept:
+        return {}
+    step = max(kept, key=lambda s: (kept[s], s))
+    if step == run.step:  # the last checkpoint: the main column's numbers
+        return {'step': step, 'validation_AP50': kept[step], 'same_as_last': True}
+    chosen = load_run(run.workdir, 'detector', step)
+    model = evaluated_model(chosen)
+    evaluator = Evaluator(chosen.config, builders(target.dataset), chosen.detector(), [target.test], mesh)
+    metrics = evaluator.evaluate(replicate(model_variables(chosen, model), mesh), target.test)[0]
+    return {'step': step, 'validation_AP50': kept[step], 'AP50': float(metrics['AP50']), 'AP': float(metrics['AP']),
+            'same_as_last': False}
+
+
+def headline(result) -> str:
+    cells = [f"{name} AP50 {m['AP50']:.3f}" for name, m in result['test'].items()]
+    return f"{result['method']} ({result['model']}): " + ', '.join(cells)

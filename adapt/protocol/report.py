@@ -1,0 +1,230 @@
+"""The Day2Night report: report.json (every number, keyed report['methods'][METHOD]['test_night']['AP50']),
+report.md (the tables a reader checks), the figures, and the COCO files each number was computed from.
+
+Every test number comes from an evaluation stage (adapt.protocol.evaluation); this module only combines
+them: transfer metrics per seed, then mean and standard deviation over seeds (intervals: the first seed's
+bootstrap over test images). Timing fields (minutes, ms) are the only ones that differ between two runs
+of the same settings.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+
+from adapt.protocol.stages import Stage, canonical_json, seed_name
+
+REPORT_DIR = 'report'
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-cpu', 'tensorflow-datasets', 'numpy')
+# What each method's labels are; the methods that read labelled target data are marked in every table.
+LABELS = {True: 'source + target labels', False: 'source labels only'}
+TRAINING_FREE = ('online_translation', 'gamma', 'histeq', 'adabn')
+
+
+def report_stage(config, methods, seeds, stage_names) -> Stage:
+    settings = {'protocol': config.to_dict(), 'methods': methods, 'seeds': seeds, 'version': 1}
+    deps = tuple(n for n in stage_names if n != 'report')
+    return Stage('report', settings, deps=deps, run=lambda ctx: write_report(ctx, config, methods, seeds),
+                 headline=lambda r: f"{r['report_md']}")
+
+
+def settings_hash(config) -> str:
+    return hashlib.sha256(canonical_json(config.to_dict()).encode()).hexdigest()[:16]
+
+
+def _commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    return head.stdout.strip() + ('+uncommitted' if dirty.stdout.strip() else '') if head.returncode == 0 else 'unknown'
+
+
+def _versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def _per_seed(config, deps, methods, seed, domain_names) -> dict:
+    """{method: row} of one seed: the evaluation results plus the transfer metrics that need other rows."""
+    from adapt.evaluation.transfer import domain_gap, forgetting, gap_closed
+    ev = lambda name: deps[seed_name(f'evaluate/{name}', seed)]  # noqa: E731
+    burn = ev('burn_in')
+    source, target = config.source, config.target
+    so = ev('method/source_only') if 'source_only' in methods else None
+    oracle = ev('method/oracle') if 'oracle' in methods else None
+    rows = {}
+    for m in methods:
+        e, t = ev(f'method/{m}'), deps[seed_name(f'method/{m}', seed)]
+        night = e['test'][target]['AP50']
+        steps = e['step']
+        batch = config.burn_in.batch_size * max(len(e['samples']), 1)
+        train_cost = next((c['gflops'] for c in e['frame_costs'] if c['size'] == _train_size(config)), None)
+        unit = deps.get(seed_name('unit', seed), {}) if m in ('online_translation', 'translate_train',
+                                                                'shared_latent') else {}
+        selected = e.get('oracle_selected') or {}
+        rows[m] = {
+            'test': e['test'], 'model': e['model'], 'uses_target_labels': e['uses_target_labels'],
+            'gap_closed': (float(gap_closed(so['test'][target]['AP50'], night, oracle['test'][target]['AP50']))
+                           if so and oracle else None),
+            'domain_gap': float(domain_gap(so['test'][source]['AP50'], night)) if so else None,
+            'forgetting': float(forgetting(burn['test'][source]['AP50'], e['test'][source]['AP50'])),
+            'params': e['params'], 'params_added': e['params'] - burn['params'],
+            'samples': e['samples'], 'steps': steps,
+            'adapt_minutes': (t['seconds'] + unit.get('seconds', 0.0)) / 60,
+            'adapt_gflops': 3 * train_cost * steps * batch if train_cost is not None else None,
+            'frame_costs': e['frame_costs'], 'proxy_a_distance': e['proxy_a_distance'],
+            'oracle_selected_AP50': selected.get('AP50', night if selected.get('same_as_last') else None),
+            'oracle_selected_step': selected.get('step'), 'target_pr': e.get('target_pr'),
+        }
+    R = [[ev(name)['test'][d]['AP50'] for d in domain_names]
+         for name in ['burn_in'] + [f'sequential/{d}' for d in domain_names[1:]]]
+    return {'rows': rows, 'R': R, 'burn_in': burn}
+
+
+def _train_size(config) -> str:
+    size = config.burn_in.image_size
+    h, w = (size, size) if isinstance(size, int) else size
+    return f'{h}x{w}'
+
+
+def combine(config, deps, methods, seeds, domain_names) -> dict:
+    """The report's numbers (see the module doc)."""
+    from adapt.evaluation.transfer import transfer_matrix_metrics
+    per_seed = [_per_seed(config, deps, methods, s, domain_names) for s in seeds]
+    first = per_seed[0]['rows']
+    out = {}
+    for m in methods:
+        rows = [p['rows'][m] for p in per_seed]
+        entry = {'model': first[m]['model'], 'uses_target_labels': first[m]['uses_target_labels'],
+                 'labels': LABELS[first[m]['uses_target_labels']],
+                 'training_free': m in TRAINING_FREE, 'params': first[m]['params'],
+                 'params_added': first[m]['params_added'], 'bytes_added': 4 * first[m]['params_added'],
+                 'samples': first[m]['samples'], 'steps': first[m]['steps'],
+                 'frame_costs': first[m]['frame_costs'], 'target_pr': first[m]['target_pr'],
+                 'oracle_selected_step': first[m]['oracle_selected_step']}
+        for d in domain_names:
+            cell = {}
+            for metric in ('AP50', 'AP'):
+                cell[metric], cell[f'{metric}_std'] = _mean_std([r['test'][d][metric] for r in rows])
+                cell[f'{metric}_ci'] = first[m]['test'][d].get(f'{metric}_ci')
+            cell['images'] = first[m]['test'][d]['images']
+            entry[f'test_{d}'] = cell
+        for key in ('gap_closed', 'domain_gap', 'forgetting', 'adapt_minutes', 'adapt_gflops', 'proxy_a_distance',
+                    'oracle_selected_AP50'):
+            entry[key], entry[f'{key}_std'] = _mean_std([r[key] for r in rows])
+        out[m] = entry
+    matrices = [np.asarray(p['R'], float) for p in per_seed]
+    transfer = {'domains': domain_names, 'R': np.mean(matrices, 0).round(6).tolist()}
+    transfer.update({k: float(v) for k, v in transfer_matrix_metrics(np.mean(matrices, 0)).items()})
+    return {'methods': out, 'transfer': transfer}
+
+
+def _copy_files(root, ctx, methods, seeds, domain_names) -> dict:
+    """The first seed's COCO detections / ground truth of every method and domain, copied beside the report
+    -> {method: {domain: {'detections': path, 'ground_truth': path}}} (paths relative to the report)."""
+    out = {}
+    for m in methods:
+        name = seed_name(f'evaluate/method/{m}', seeds[0])
+        src, files = ctx.dep_workdirs[name], ctx.deps[name]['files']
+        out[m] = {}
+        for d in domain_names:
+            out[m][d] = {}
+            for kind, file in files[d].items():
+                rel = os.path.join('detections', m, f'{d}_{kind}.json')
+                os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+                shutil.copyfile(os.path.join(src, file), os.path.join(root, rel))
+                out[m][d][kind] = rel
+    return out
+
+
+def write_report(ctx, config, methods, seeds) -> dict:
+    from adapt.protocol import figures
+    from adapt.protocol.day2night import domains
+    root = os.path.join(ctx.root, REPORT_DIR)
+    os.makedirs(root, exist_ok=True)
+    domain_names = list(domains(config))
+    combined = combine(config, ctx.deps, methods, seeds, domain_names)
+    files = _copy_files(root, ctx, methods, seeds, domain_names)
+    for m in methods:
+        combined['methods'][m]['files'] = files[m]
+    stage_dirs = {name: os.path.relpath(path, ctx.root) for name, path in ctx.dep_workdirs.items()}
+    for m in methods:
+        combined['methods'][m]['workdirs'] = {
+            'train': [stage_dirs[seed_name(f'method/{m}', s)] for s in seeds],
+            'evaluation': [stage_dirs[seed_name(f'evaluate/method/{m}', s)] for s in seeds]}
+    report = {'protocol': 'day2night', 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds'), 'commit': _commit(), 'packages': _versions(), 'settings_hash': settings_hash(config),
+              'settings': config.to_dict(), 'seeds': seeds, 'domains': {d: config.domains[d].to_dict()
+                                                                       for d in domain_names},
+              'roles': {'source': config.source, 'intermediate': config.intermediate, 'target': config.target},
+              'splits': ctx.deps['data']['splits'], 'selection': 'last checkpoint', **combined,
+              'stages': stage_dirs}
+    report['figures'] = _figures(root, ctx, report, methods, seeds, domain_names, figures)
+    with open(os.path.join(root, 'report.json'), 'w') as f:
+        json.dump(_json_safe(report), f, indent=1)
+    from adapt.protocol.report_md import render
+    with open(os.path.join(root, 'report.md'), 'w') as f:
+        f.write(render(report))
+    return {'report_md': os.path.join(root, 'report.md'), 'report_json': os.path.join(root, 'report.json')}
+
+
+def _json_safe(value):
+    """NaN / Inf (an undefined metric, e.g. FWT without a baseline) as null: report.json stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _figures(root, ctx, report, methods, seeds, domain_names, figures) -> dict:
+    from adapt.protocol.evaluation import EXAMPLES_FILE
+    rows = report['methods']
+    bars = {m: {d: (rows[m][f'test_{d}']['AP50'], *(rows[m][f'test_{d}']['AP50_ci'] or (None, None)))
+                for d in domain_names} for m in methods}
+    out = {'bar_chart': os.path.basename(figures.bar_chart(bars, os.path.join(root, 'map50.png'),
+                                                           title='test mAP@0.5 per method and domain'))}
+    curves = {m: (np.asarray(rows[m]['target_pr']['recall']), np.asarray(rows[m]['target_pr']['precision']))
+              for m in methods if rows[m].get('target_pr')}
+    if curves:
+        out['precision_recall'] = os.path.basename(figures.precision_recall_chart(
+            curves, os.path.join(root, f'precision_recall_{report["roles"]["target"]}.png'),
+            title=f'{report["roles"]["target"]} test, IoU 0.5'))
+    strip = []
+    for m in methods:
+        path = os.path.join(ctx.dep_workdirs[seed_name(f'evaluate/method/{m}', seeds[0])], EXAMPLES_FILE)
+        if not os.path.exists(path):
+            continue
+        with np.load(path) as ex:
+            if not strip:
+                strip.append((f'{report["roles"]["target"]} (raw)', [(f'#{i}', x) for i, x in enumerate(ex['raw'])]))
+            if 'translated' in ex:
+                strip.append((f'{m}: input', [(f'#{i}', x) for i, x in enumerate(ex['translated'])]))
+            strip.append((m, [(f'#{i}', x) for i, x in enumerate(ex['drawn'])]))
+    if strip:
+        out['examples'] = os.path.basename(figures.image_strip(strip, os.path.join(root, 'examples.png')))
+    return out

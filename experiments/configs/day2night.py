@@ -1,0 +1,49 @@
+"""Day2Night protocol preset: every method on the quick SSD and daynight_synth/r128_small, on 2 CPU cores.
+
+    python -m experiments.day2night --workdir=/tmp/day2night
+
+The domains: day (labelled source), dusk (intermediate, evaluated only) and night (unlabelled target;
+its labels reach only the methods marked as using them). Each domain names its dataset and its train,
+validation and test splits; test splits are read by the evaluation stages alone. The burn-in is the
+quick SSD preset; every method continues it for `adapt.num_steps` with one schedule, augmentation and
+EMA setting (source_only and oracle included); the UNIT translator is unit_day2night's detection-aware
+one. Sized so the whole protocol fits in an hour on the 2-core machine (README: measured).
+"""
+import ml_collections
+
+from experiments.configs import ssd_quick, unit_day2night
+
+SYNTH = 'daynight_synth/r128_small'
+
+
+def domain(dataset, train, validation, test):
+    return dict(dataset=dataset, train=train, validation=validation, test=test)
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.domains = ml_collections.ConfigDict(dict(
+        day=domain(SYNTH, 'train_day', 'validation_day', 'test_day'),
+        dusk=domain(SYNTH, 'train_dusk', 'validation_dusk', 'test_dusk'),
+        night=domain(SYNTH, 'train_night', 'validation_night', 'test_night')))
+    c.source, c.intermediate, c.target = 'day', 'dusk', 'night'
+    c.methods = ''                    # comma-separated; '' = every registered method
+    c.seeds = 1
+    c.burn_in = ssd_quick.get_config()
+    c.burn_in.num_steps = 800
+    c.burn_in.eval_every = 0
+    c.burn_in.tensorboard = False
+    # Every method (source_only and oracle included) continues the burn-in like this.
+    c.adapt = ml_collections.ConfigDict(dict(
+        num_steps=150, lr=3e-4, warmup_steps=10, ema_decay=0.0, mean_teacher_decay=0.98,
+        pseudo_label_rounds=3, num_labelled=100))
+    c.unit = unit_day2night.get_config()
+    c.unit.num_steps = 500
+    c.unit.image_every = 0
+    c.unit.tensorboard = False
+    c.sequential_steps = 150          # per domain of the day -> dusk -> night run (backward / forward transfer)
+    c.bootstrap_samples = 1000        # confidence intervals over test images
+    c.feature_images = 200            # per domain, for the proxy A-distance
+    c.frame_sizes = 'train,720x1280'  # per-frame inference cost
+    c.num_examples = 4                # night test images shown per method in the report
+    return c

@@ -1,0 +1,146 @@
+"""The Day2Night protocol end to end at test size (tests/day2night_tiny.py): the report's numbers are
+pycocotools' on the files beside them, test splits are read by the evaluation stages alone, a stage
+stopped midway resumes to the same report, and the command again reuses every stage."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests.script_runner import ROOT
+
+TIMING = ('adapt_minutes', 'adapt_minutes_std', 'frame_costs', 'created')
+
+
+def _strip_timing(value):
+    if isinstance(value, dict):
+        return {k: _strip_timing(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [_strip_timing(v) for v in value]
+    return value
+
+
+def _pycocotools(gt_path, dets_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    gt = COCO(gt_path)
+    dets = json.load(open(dets_path))
+    ev = COCOeval(gt, gt.loadRes(dets) if dets else COCO(), 'bbox')
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {'AP': ev.stats[0], 'AP50': ev.stats[1]}
+
+
+@pytest.fixture(scope='module')
+def protocol(env, tmp_path_factory):
+    """(root, stage of every split read, printed lines) of one tiny protocol run."""
+    from adapt.protocol import run_graph
+    from adapt.protocol.day2night import build_stages
+    from tests import day2night_tiny
+    root = str(tmp_path_factory.mktemp('day2night') / 'run')
+    lines, reads = [], []
+    original = tfds.core.DatasetBuilder.as_dataset
+
+    def recording(self, *args, **kwargs):
+        stage = next((line.split()[2] for line in reversed(lines) if line.startswith('stage ')), None)
+        reads.append((stage, str(kwargs.get('split', args[0] if args else None))))
+        return original(self, *args, **kwargs)
+
+    tfds.core.DatasetBuilder.as_dataset = recording
+    try:
+        run_graph(build_stages(day2night_tiny.get_config(), data_dir=env[1]), root, print_fn=lines.append)
+    finally:
+        tfds.core.DatasetBuilder.as_dataset = original
+    return root, reads, lines
+
+
+def test_report_numbers_are_pycocotools_on_the_files_beside_them(protocol):
+    from tests import day2night_tiny
+    root = protocol[0]
+    report = json.load(open(os.path.join(root, 'report', 'report.json')))
+    methods = day2night_tiny.METHODS.split(',')
+    assert list(report['methods']) == methods
+    for method in methods:
+        row = report['methods'][method]
+        for domain in ('day', 'dusk', 'night'):
+            files = row['files'][domain]
+            ref = _pycocotools(*(os.path.join(root, 'report', files[k]) for k in ('ground_truth', 'detections')))
+            cell = row[f'test_{domain}']
+            for metric in ('AP50', 'AP'):
+                want = max(ref[metric], 0.0) if ref[metric] != -1 else None
+                assert cell[metric] == pytest.approx(want, abs=1e-12), (method, domain, metric)
+            lo, hi = cell['AP50_ci']
+            assert lo <= hi
+    rows = report['methods']
+    assert [m for m in methods if rows[m]['uses_target_labels']] == ['oracle']
+    assert rows['mean_teacher']['model'] == 'teacher' and rows['source_only']['model'] == 'model'
+    assert rows['online_translation']['params_added'] > 0 and rows['gamma']['params_added'] == 0
+    so, oracle, dann = (rows[m]['test_night']['AP50'] for m in ('source_only', 'oracle', 'dann'))
+    if oracle > so:
+        assert rows['dann']['gap_closed'] == pytest.approx((dann - so) / (oracle - so))
+    burn = json.load(open(os.path.join(root, report['stages']['evaluate/burn_in@seed0'], 'stage.json')))['result']
+    assert rows['dann']['forgetting'] == pytest.approx(burn['test']['day']['AP50'] - rows['dann']['test_day']['AP50'])
+    R = np.asarray(report['transfer']['R'])
+    assert R.shape == (3, 3) and R[0, 0] == pytest.approx(burn['test']['day']['AP50'])
+    assert report['transfer']['BWT'] == pytest.approx(((R[2, 0] - R[0, 0]) + (R[2, 1] - R[1, 1])) / 2)
+    assert report['splits']['night/test'] == {'dataset': 'daynight_synth/tiny/1.0.0', 'split': 'test_night',
+                                              'count': 2}
+    md = open(os.path.join(root, 'report', 'report.md')).read()
+    assert 'oracle†' in md and 'Selection by an oracle' in md
+    for figure in report['figures'].values():
+        assert os.path.getsize(os.path.join(root, 'report', figure)) > 1000
+
+
+def test_test_splits_are_read_by_the_evaluation_stages_alone(protocol):
+    reads = protocol[1]
+    test_reads = {stage for stage, split in reads if split.startswith('test_')}
+    assert test_reads and all(stage.startswith('evaluate/') for stage in test_reads), test_reads
+    trained = {stage for stage, split in reads if split.startswith('train_')}
+    assert {'burn_in@seed0', 'unit@seed0', 'method/dann@seed0'} <= trained
+
+
+def test_a_stage_stopped_midway_resumes_to_the_same_report(protocol, tmp_path, env):
+    """A copy of the finished run as a stop inside method/dann's training leaves it: no stage.json there
+    (nor in the stages after it), its last checkpoint gone. The same protocol resumes that stage from its
+    step-1 checkpoint and writes the same report, timing aside."""
+    from adapt.protocol import run_graph
+    from adapt.protocol.day2night import build_stages
+    from tests import day2night_tiny
+    root = str(tmp_path / 'run')
+    shutil.copytree(protocol[0], root)
+    report = json.load(open(os.path.join(root, 'report', 'report.json')))
+    stages = report['stages']
+    for name in ('method/dann@seed0', 'evaluate/method/dann@seed0'):
+        os.remove(os.path.join(root, stages[name], 'stage.json'))
+    shutil.rmtree(os.path.join(root, stages['method/dann@seed0'], 'checkpoints', '2'))
+    shutil.rmtree(os.path.join(root, 'report'))
+    report_stage = next(p for p in os.listdir(os.path.join(root, 'stages')) if p.startswith('report-'))
+    shutil.rmtree(os.path.join(root, 'stages', report_stage))
+    lines = []
+    run_graph(build_stages(day2night_tiny.get_config(), data_dir=env[1]), root, print_fn=lines.append)
+    ran = [line.split()[2] for line in lines if line.startswith('stage ')]
+    assert ran == ['method/dann@seed0', 'evaluate/method/dann@seed0', 'report']
+    assert 'resuming' in next(line for line in lines if line.startswith('stage 1/3'))
+    again = json.load(open(os.path.join(root, 'report', 'report.json')))
+    for key in ('methods', 'transfer', 'splits'):
+        assert _strip_timing(again[key]) == _strip_timing(report[key]), key
+
+
+def test_the_command_again_reuses_every_stage_and_bad_flags_are_one_line(protocol, env):
+    root = protocol[0]
+    base = [sys.executable, '-m', 'experiments.day2night', '--config=tests/day2night_tiny.py', f'--workdir={root}',
+            f'--data_dir={env[1]}']
+    start = time.time()
+    done = subprocess.run(base, cwd=ROOT, env=env[0], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert time.time() - start < 60 and '0 to run' in done.stdout and 'report: ' in done.stdout
+    bad = subprocess.run(base + ['--methods=source_only,nope'], cwd=ROOT, env=env[0], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0
+    assert "unknown method 'nope'; valid choices: source_only, oracle" in bad.stderr
