@@ -20,8 +20,9 @@ import ml_collections
 
 from adapt.protocol.stages import Stage, expand_seeds, seed_name
 
-# Methods that read a train_unit run, and how (online_translation / translate_train: `translator`).
+# Methods that read the protocol's train_unit run: as `translator`, or (shared_latent) for its encoders.
 NEEDS_TRANSLATOR = ('online_translation', 'translate_train')
+NEEDS_UNIT = NEEDS_TRANSLATOR + ('shared_latent',)
 LOG_FILE = 'log.txt'
 
 
@@ -211,11 +212,12 @@ def seed_stages(config, builders, methods, seed) -> list:
                           data_dir=builders.data_dir, print_fn=_logged(ctx), on_step=_progress(ctx, c.num_steps))
         return {'num_steps': c.num_steps, 'seconds': time.time() - start}
 
-    stages.append(Stage('unit', {'config': unit_config(config, seed, '').to_dict()}, deps=('burn_in',),
-                        run=run_unit))
+    if any(m in NEEDS_UNIT for m in methods):  # no method reads a translator: no UNIT stage
+        stages.append(Stage('unit', {'config': unit_config(config, seed, '').to_dict()}, deps=('burn_in',),
+                            run=run_unit))
 
     for method in methods:
-        deps = ('burn_in', 'unit') if method in NEEDS_TRANSLATOR + ('shared_latent',) else ('burn_in',)
+        deps = ('burn_in', 'unit') if method in NEEDS_UNIT else ('burn_in',)
         settings = {'config': method_config(config, method, seed, '', '').to_dict()}
 
         def run_method(ctx, method=method):

@@ -18,6 +18,7 @@ import subprocess
 
 import numpy as np
 
+from adapt.protocol.day2night import NEEDS_UNIT, domains
 from adapt.protocol.stages import Stage, canonical_json, seed_name
 
 REPORT_DIR = 'report'
@@ -81,8 +82,7 @@ def _per_seed(config, deps, methods, seed, domain_names) -> dict:
         steps = e['step']
         batch = config.burn_in.batch_size * max(len(e['samples']), 1)
         train_cost = next((c['gflops'] for c in e['frame_costs'] if c['size'] == _train_size(config)), None)
-        unit = deps.get(seed_name('unit', seed), {}) if m in ('online_translation', 'translate_train',
-                                                                'shared_latent') else {}
+        unit = deps.get(seed_name('unit', seed), {}) if m in NEEDS_UNIT else {}
         selected = e.get('oracle_selected') or {}
         rows[m] = {
             'test': e['test'], 'model': e['model'], 'uses_target_labels': e['uses_target_labels'],
@@ -161,7 +161,6 @@ def _copy_files(root, ctx, methods, seeds, domain_names) -> dict:
 
 def write_report(ctx, config, methods, seeds) -> dict:
     from adapt.protocol import figures
-    from adapt.protocol.day2night import domains
     root = os.path.join(ctx.root, REPORT_DIR)
     os.makedirs(root, exist_ok=True)
     domain_names = list(domains(config))

@@ -35,14 +35,14 @@ def get_config():
     c.burn_in.tensorboard = False
     # Every method (source_only and oracle included) continues the burn-in like this.
     c.adapt = ml_collections.ConfigDict(dict(
-        num_steps=150, lr=3e-4, warmup_steps=10, ema_decay=0.0, mean_teacher_decay=0.98,
+        num_steps=100, lr=3e-4, warmup_steps=10, ema_decay=0.0, mean_teacher_decay=0.98,
         pseudo_label_rounds=3, num_labelled=100))
     c.unit = unit_day2night.get_config()
-    c.unit.num_steps = 500
+    c.unit.num_steps = 400
     c.unit.image_every = 0
     c.unit.tensorboard = False
-    c.sequential_steps = 150          # per domain of the day -> dusk -> night run (backward / forward transfer)
-    c.bootstrap_samples = 1000        # confidence intervals over test images
+    c.sequential_steps = 100          # per domain of the day -> dusk -> night run (backward / forward transfer)
+    c.bootstrap_samples = 500         # confidence intervals over test images
     c.feature_images = 200            # per domain, for the proxy A-distance
     c.frame_sizes = 'train,720x1280'  # per-frame inference cost
     c.num_examples = 4                # night test images shown per method in the report
