@@ -136,7 +136,7 @@ def combine(config, deps, methods, seeds, domain_names) -> dict:
             entry[key], entry[f'{key}_std'] = _mean_std([r[key] for r in rows])
         out[m] = entry
     matrices = [np.asarray(p['R'], float) for p in per_seed]
-    transfer = {'domains': domain_names, 'R': np.mean(matrices, 0).round(6).tolist()}
+    transfer = {'domains': domain_names, 'R': np.mean(matrices, 0).tolist()}
     transfer.update({k: float(v) for k, v in transfer_matrix_metrics(np.mean(matrices, 0)).items()})
     return {'methods': out, 'transfer': transfer}
 
