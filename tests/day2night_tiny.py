@@ -21,7 +21,7 @@ def get_config():
     c.methods = METHODS
     c.burn_in = tiny_detector()
     c.burn_in.update(dict(num_steps=2, checkpoint_every=2))
-    c.adapt.update(dict(num_steps=2, warmup_steps=1, pseudo_label_rounds=1, num_labelled=2))
+    c.adapt.update(dict(num_steps=2, batch_size=4, warmup_steps=1, pseudo_label_rounds=1, num_labelled=2))
     c.unit = unit_tiny.config(image_size=32, crop_size=16, num_steps=2, max_boxes=8, checkpoint_every=2, log_every=1,
                               image_every=0, shuffle_buffer=16, batch_size=4, tensorboard=False)
     c.unit.loss.weights.update(semantic=10.0, labelled_cycle=0.0, feature=0.0)

@@ -42,11 +42,29 @@ def domains(config) -> dict:
     return {n: Domain(n, **config.domains[n].to_dict()) for n in names if n}
 
 
+def extra_methods(config) -> dict:
+    """{row name: adaptation-loss list} of `extra_methods`, 'NAME=LOSS:WEIGHT,...;NAME2=...': source_only
+    plus those terms (any registered loss or package.module:function), trained like every other row."""
+    out = {}
+    for item in (x.strip() for x in config.get('extra_methods', '').split(';') if x.strip()):
+        name, sep, losses = (p.strip() for p in item.partition('='))
+        if not (sep and name and losses):
+            raise ValueError(f'extra_methods: {item!r} is not NAME=LOSS:WEIGHT,...')
+        out[name] = losses
+    return out
+
+
 def method_names(config) -> list:
-    """The methods to run (`methods`, '' = every registered); ValueError (one line) for an unknown one."""
+    """The methods to run (`methods`, '' = every registered one and every extra one); ValueError (one line)
+    for an unknown name or a bad extra method."""
     import adapt.methods  # noqa: F401  (registers the built-in methods)
-    from adapt.methods.base import METHODS
-    known = METHODS.names()
+    from adapt.methods.base import METHODS, get_method, resolve_terms
+    extras = extra_methods(config)
+    for name, losses in extras.items():
+        if name in METHODS:
+            raise ValueError(f'extra_methods: {name!r} is a registered method; name the row otherwise')
+        resolve_terms(get_method('source_only'), losses, config.burn_in.adaptation_hparams.to_dict())
+    known = METHODS.names() + list(extras)
     wanted = [m.strip() for m in config.methods.split(',') if m.strip()] or known
     unknown = [m for m in wanted if m not in known]
     if unknown:
@@ -83,12 +101,16 @@ def training_config(config, *, source: Domain, target: Domain, num_steps: int, s
 
 def method_config(config, method: str, seed: int, burn_in: str, unit: str):
     """One method continued from the burn-in run `burn_in` (`unit`: the translator run of the methods that
-    read one); every method gets the same `adapt` schedule (steps, lr, warm-up, EMA), validated on both
-    domains at its middle and its end."""
+    read one); every method gets the same `adapt` schedule (steps, batch, lr, warm-up, EMA), validated on
+    the target at its middle and its end (for the oracle-selected column alone)."""
     d = domains(config)
     a = config.adapt
     c = training_config(config, source=d[config.source], target=d[config.target], num_steps=a.num_steps, seed=seed)
-    c.method = method
+    extras = extra_methods(config)
+    c.method = 'source_only' if method in extras else method
+    c.adaptation_losses = extras.get(method, c.adaptation_losses)
+    c.batch_size = a.batch_size
+    c.eval_splits = ''  # validated on the target alone: only the oracle-selected column reads it
     c.lr = a.lr
     c.optimizer.warmup_steps = a.warmup_steps
     c.ema_decay = a.ema_decay
@@ -168,6 +190,8 @@ def data_stage(config, builders, manual_dir=None) -> Stage:
                                      f'it has {", ".join(sorted(builder.info.splits))}')
                 counts[f'{dom.name}/{role}'] = {'dataset': builder.info.full_name, 'split': split,
                                                 'count': int(builder.info.splits[split].num_examples)}
+                ctx.print_fn(f"  {dom.name} {role}: {builder.info.full_name} {split}, "
+                             f"{counts[f'{dom.name}/{role}']['count']:,} frames")
         return {'splits': counts}
 
     settings = {'domains': config.domains.to_dict(), 'manual_dir': manual_dir or ''}
@@ -230,7 +254,8 @@ def seed_stages(config, builders, methods, seed) -> list:
     previous = 'burn_in'
     for dom in (mid, tgt):
         c = training_config(config, source=dom, target=dom, num_steps=config.sequential_steps, seed=seed)
-        c.update(dict(lr=config.adapt.lr, eval_every=0, checkpoint_every=config.sequential_steps))
+        c.update(dict(lr=config.adapt.lr, batch_size=config.adapt.batch_size, eval_every=0,
+                      checkpoint_every=config.sequential_steps))
         c.optimizer.warmup_steps = config.adapt.warmup_steps
 
         def run_seq(ctx, c=c, previous=previous):

@@ -29,7 +29,7 @@ TRAINING_FREE = ('online_translation', 'gamma', 'histeq', 'adabn')
 
 
 def report_stage(config, methods, seeds, stage_names) -> Stage:
-    settings = {'protocol': config.to_dict(), 'methods': methods, 'seeds': seeds, 'version': 1}
+    settings = {'protocol': config.to_dict(), 'methods': methods, 'seeds': seeds, 'version': 2}
     deps = tuple(n for n in stage_names if n != 'report')
     return Stage('report', settings, deps=deps, run=lambda ctx: write_report(ctx, config, methods, seeds),
                  headline=lambda r: f"{r['report_md']}")
@@ -80,7 +80,7 @@ def _per_seed(config, deps, methods, seed, domain_names) -> dict:
         e, t = ev(f'method/{m}'), deps[seed_name(f'method/{m}', seed)]
         night = e['test'][target]['AP50']
         steps = e['step']
-        batch = config.burn_in.batch_size * max(len(e['samples']), 1)
+        batch = config.adapt.batch_size * max(len(e['samples']), 1)  # images per step: each domain read
         train_cost = next((c['gflops'] for c in e['frame_costs'] if c['size'] == _train_size(config)), None)
         unit = deps.get(seed_name('unit', seed), {}) if m in NEEDS_UNIT else {}
         selected = e.get('oracle_selected') or {}

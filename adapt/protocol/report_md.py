@@ -51,7 +51,10 @@ def render(report) -> str:
            'source-only burn-in for the same steps, schedule and augmentation (source_only and oracle included). '
            f'{MARK}: reads labelled {tgt} data (an upper bound or a labelled-data method, not unsupervised '
            f'adaptation). Gap closed: share of the source_only -> oracle {tgt} gap; forgetting: burn-in {src} '
-           f'mAP@0.5 minus the method\'s.', '']
+           f'mAP@0.5 minus the method\'s. Adapt GFLOPs: an estimate of the detector\'s training, 3 x its forward '
+           'GFLOPs x the images it saw (training-free methods: 0); adapt minutes: wall time of the method\'s stage, '
+           'plus the UNIT stage for the methods that read the translator. ms/frame: one frame at a time (batch 1) '
+           'on this machine.', '']
     header = ['method', f'{src}', f'{mid}', f'{tgt}', f'{tgt} mAP@[.5:.95]', 'gap closed', 'forgetting',
               'params added', 'adapt GFLOPs', 'adapt min'] + [f'ms/frame {s}' for s in sizes]
     rows = []

@@ -27,7 +27,10 @@ def get_config():
         dusk=domain(SYNTH, 'train_dusk', 'validation_dusk', 'test_dusk'),
         night=domain(SYNTH, 'train_night', 'validation_night', 'test_night')))
     c.source, c.intermediate, c.target = 'day', 'dusk', 'night'
-    c.methods = ''                    # comma-separated; '' = every registered method
+    c.methods = ''                    # comma-separated; '' = every registered method and every extra one
+    # Rows of your own: 'NAME=LOSS:WEIGHT,...;NAME2=...' trains source_only plus those adaptation losses
+    # (registered names or package.module:function), e.g. 'mine=my_losses:sliced_wasserstein:0.5'.
+    c.extra_methods = ''
     c.seeds = 1
     c.burn_in = ssd_quick.get_config()
     c.burn_in.num_steps = 800
@@ -35,14 +38,14 @@ def get_config():
     c.burn_in.tensorboard = False
     # Every method (source_only and oracle included) continues the burn-in like this.
     c.adapt = ml_collections.ConfigDict(dict(
-        num_steps=100, lr=3e-4, warmup_steps=10, ema_decay=0.0, mean_teacher_decay=0.98,
+        num_steps=60, batch_size=16, lr=3e-4, warmup_steps=10, ema_decay=0.0, mean_teacher_decay=0.98,
         pseudo_label_rounds=3, num_labelled=100))
     c.unit = unit_day2night.get_config()
     c.unit.num_steps = 400
     c.unit.image_every = 0
     c.unit.tensorboard = False
-    c.sequential_steps = 100          # per domain of the day -> dusk -> night run (backward / forward transfer)
-    c.bootstrap_samples = 500         # confidence intervals over test images
+    c.sequential_steps = 60           # per domain of the day -> dusk -> night run (backward / forward transfer)
+    c.bootstrap_samples = 200         # confidence intervals over test images
     c.feature_images = 200            # per domain, for the proxy A-distance
     c.frame_sizes = 'train,720x1280'  # per-frame inference cost
     c.num_examples = 4                # night test images shown per method in the report

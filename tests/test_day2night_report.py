@@ -1,0 +1,79 @@
+"""The report's combination of evaluation-stage results over methods and seeds, against hand computations,
+and the validity checks of the protocol's configs (no training stage reads a test split)."""
+import numpy as np
+import pytest
+
+from adapt.protocol.day2night import check_no_test_split, extra_methods, method_config, method_names
+from adapt.protocol.report import combine
+from adapt.protocol.report_md import render
+from experiments.configs import day2night
+
+DOMAINS = ['day', 'dusk', 'night']
+
+
+def _eval(day, dusk, night, params=100, step=60, samples=None):
+    test = {d: {'AP50': v, 'AP': v / 2, 'images': 250, 'AP50_ci': [v - 0.01, v + 0.01], 'AP_ci': [0, 1]}
+            for d, v in zip(DOMAINS, (day, dusk, night))}
+    return {'test': test, 'model': 'model', 'uses_target_labels': False, 'params': params, 'step': step,
+            'samples': samples or {'source': 2000}, 'proxy_a_distance': 1.5, 'oracle_selected': {},
+            'frame_costs': [{'size': '160x160', 'part': 'detector', 'ms': 5.0, 'gflops': 0.2}]}
+
+
+def _deps(seed, so_night, dann_night):
+    s = f'@seed{seed}'
+    return {f'evaluate/burn_in{s}': _eval(0.6, 0.1, 0.05), f'evaluate/method/source_only{s}': _eval(0.58, 0.1, so_night),
+            f'evaluate/method/oracle{s}': {**_eval(0.2, 0.2, 0.35), 'uses_target_labels': True},
+            f'evaluate/method/dann{s}': _eval(0.5, 0.12, dann_night, params=100,
+                                              samples={'source': 2000, 'target': 2000}),
+            f'evaluate/sequential/dusk{s}': _eval(0.4, 0.3, 0.1), f'evaluate/sequential/night{s}': _eval(0.3, 0.2, 0.33),
+            **{f'method/{m}{s}': {'seconds': 120.0} for m in ('source_only', 'oracle', 'dann')}}
+
+
+def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
+    config = day2night.get_config()
+    deps = {**_deps(0, 0.05, 0.08), **_deps(1, 0.07, 0.13)}
+    out = combine(config, deps, ['source_only', 'oracle', 'dann'], [0, 1], DOMAINS)
+    dann = out['methods']['dann']
+    assert dann['test_night']['AP50'] == pytest.approx(0.105)
+    assert dann['test_night']['AP50_std'] == pytest.approx(np.std([0.08, 0.13], ddof=1))
+    assert dann['gap_closed'] == pytest.approx(np.mean([(0.08 - 0.05) / (0.35 - 0.05), (0.13 - 0.07) / (0.35 - 0.07)]))
+    assert dann['forgetting'] == pytest.approx(0.6 - 0.5) and dann['domain_gap'] == pytest.approx(0.58 - 0.105)
+    # 3 x 0.2 GFLOPs x 60 steps x 16 images per domain x 2 domains
+    assert dann['adapt_gflops'] == pytest.approx(3 * 0.2 * 60 * 16 * 2) and dann['adapt_minutes'] == 2.0
+    assert out['methods']['oracle']['gap_closed'] == pytest.approx(1.0)
+    t = out['transfer']
+    R = np.array([[0.6, 0.1, 0.05], [0.4, 0.3, 0.1], [0.3, 0.2, 0.33]])
+    np.testing.assert_allclose(t['R'], R)
+    assert t['ACC'] == pytest.approx(R[2].mean())
+    assert t['BWT'] == pytest.approx(((0.3 - 0.6) + (0.2 - 0.3)) / 2)
+
+
+def test_markdown_marks_target_labels_and_methods_below_source_only():
+    config = day2night.get_config()
+    out = combine(config, _deps(0, 0.05, 0.04), ['source_only', 'oracle', 'dann'], [0], DOMAINS)
+    report = {'roles': {'source': 'day', 'intermediate': 'dusk', 'target': 'night'}, 'seeds': [0],
+              'settings_hash': 'h', 'commit': 'c', 'created': 't', 'packages': {}, 'figures': {},
+              'splits': {'night/test': {'dataset': 'd', 'split': 'test_night', 'count': 250}}, **out}
+    md = render(report)
+    assert '| oracle† |' in md and '| dann | 0.500 [0.490, 0.510]' in md and '(below source only)' in md
+    assert '| source_only | 0.580' in md and 'source_only (below' not in md
+
+
+def test_training_configs_never_read_a_test_split_and_extra_rows_are_source_only_plus_losses():
+    config = day2night.get_config()
+    config.extra_methods = 'mine=coral:1.0,dann_image:0.1'
+    assert extra_methods(config) == {'mine': 'coral:1.0,dann_image:0.1'}
+    assert method_names(config)[-1] == 'mine'
+    c = method_config(config, 'mine', 0, '/burn', '/unit')
+    assert (c.method, c.adaptation_losses, c.init_run, c.eval_splits) == ('source_only', 'coral:1.0,dann_image:0.1',
+                                                                         '/burn', '')
+    check_no_test_split(c, {'test_day', 'test_night'})
+    c.target_eval_splits = 'test_night[:10]'
+    with pytest.raises(ValueError, match='would read the test split'):
+        check_no_test_split(c, {'test_day', 'test_night'})
+    config.methods = 'source_only,nope'
+    with pytest.raises(ValueError, match="unknown method 'nope'; valid choices: source_only, oracle"):
+        method_names(config)
+    config.extra_methods = 'dann=coral:1.0'
+    with pytest.raises(ValueError, match='is a registered method'):
+        method_names(config)
