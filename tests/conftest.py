@@ -92,8 +92,8 @@ def unit_run(tmp_path_factory):
 
 # The test files measured slowest (most first), handed out first: pytest-xdist gives each worker the next
 # file in collection order, and longest-first keeps one worker from running a long file alone at the end.
-SLOWEST_FILES = ('test_mean_teacher.py', 'test_day2night.py', 'test_detection_aware.py', 'test_unit_training.py', 'test_pseudo_label.py',
-                 'test_training_free.py', 'test_train_detector.py', 'test_faster_rcnn.py', 'test_yolo.py',
+SLOWEST_FILES = ('test_mean_teacher.py', 'test_day2night.py', 'test_detection_aware.py', 'test_unit_training.py',
+                 'test_pseudo_label.py', 'test_training_free.py', 'test_train_detector.py', 'test_faster_rcnn.py', 'test_yolo.py',
                  'test_unit_model.py', 'test_methods.py', 'test_detect.py', 'test_training_multiprocess.py',
                  'test_adapt_detector.py', 'test_translate_train.py', 'test_benchmark_frames.py', 'test_bdd100k.py',
                  'test_translate_cli.py', 'test_pipeline.py', 'test_postprocess.py')
