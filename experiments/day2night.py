@@ -77,6 +77,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
     config = resolve_config()
+    import jax  # one compilation cache per protocol: a resumed or repeated stage loads its programs
+    jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(FLAGS.workdir), 'xla_cache'))
     from adapt.protocol import run_graph
     from adapt.protocol.day2night import build_stages
     stages = build_stages(config, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir)
