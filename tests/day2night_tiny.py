@@ -25,7 +25,7 @@ def get_config():
     c.unit = unit_tiny.config(image_size=32, crop_size=16, num_steps=2, max_boxes=8, checkpoint_every=2, log_every=1,
                               image_every=0, shuffle_buffer=16, batch_size=4, tensorboard=False)
     c.unit.loss.weights.update(semantic=10.0, labelled_cycle=0.0, feature=0.0)
-    c.sequential_steps = 2
+    c.sequential_steps = 0  # the R matrix: tests/test_day2night_report.py
     c.bootstrap_samples = 20
     c.feature_images = 2
     c.frame_sizes = 'train'

@@ -250,9 +250,10 @@ def seed_stages(config, builders, methods, seed) -> list:
             return _train_detector(ctx, c, builders, tests)
         stages.append(Stage(f'method/{method}', settings, deps=deps, run=run_method, headline=_headline))
 
-    # Sequential labelled training day -> dusk -> night: the R[i, j] matrix of backward / forward transfer.
+    # Sequential labelled training day -> dusk -> night: the R[i, j] matrix of backward / forward transfer
+    # (sequential_steps 0: not run).
     previous = 'burn_in'
-    for dom in (mid, tgt):
+    for dom in (mid, tgt) if config.sequential_steps else ():
         c = training_config(config, source=dom, target=dom, num_steps=config.sequential_steps, seed=seed)
         c.update(dict(lr=config.adapt.lr, batch_size=config.adapt.batch_size, eval_every=0,
                       checkpoint_every=config.sequential_steps))
@@ -283,7 +284,7 @@ def evaluation_stages(config, builders, methods, seed) -> list:
                 'feature_images': config.feature_images, 'frame_sizes': config.frame_sizes,
                 'num_examples': config.num_examples, 'target': config.target, 'version': 1}
     runs = [f'method/{m}' for m in methods] + ['burn_in'] + [
-        f'sequential/{n}' for n in (config.intermediate, config.target)]
+        f'sequential/{n}' for n in (config.intermediate, config.target) if config.sequential_steps]
     stages = []
     for run_name in runs:
         def run(ctx, run_name=run_name):

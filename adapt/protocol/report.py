@@ -99,7 +99,7 @@ def _per_seed(config, deps, methods, seed, domain_names) -> dict:
             'oracle_selected_step': selected.get('step'), 'target_pr': e.get('target_pr'),
         }
     R = [[ev(name)['test'][d]['AP50'] for d in domain_names]
-         for name in ['burn_in'] + [f'sequential/{d}' for d in domain_names[1:]]]
+         for name in ['burn_in'] + [f'sequential/{d}' for d in domain_names[1:]]] if config.sequential_steps else None
     return {'rows': rows, 'R': R, 'burn_in': burn}
 
 
@@ -135,6 +135,8 @@ def combine(config, deps, methods, seeds, domain_names) -> dict:
                     'oracle_selected_AP50'):
             entry[key], entry[f'{key}_std'] = _mean_std([r[key] for r in rows])
         out[m] = entry
+    if not config.sequential_steps:
+        return {'methods': out, 'transfer': None}
     matrices = [np.asarray(p['R'], float) for p in per_seed]
     transfer = {'domains': domain_names, 'R': np.mean(matrices, 0).tolist()}
     transfer.update({k: float(v) for k, v in transfer_matrix_metrics(np.mean(matrices, 0)).items()})

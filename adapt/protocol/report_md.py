@@ -89,11 +89,15 @@ def render(report) -> str:
             'a linear domain classifier; 0: indistinguishable, 2: separable):', '']
     out += _table(['method', 'proxy A-distance'], [[_name(m, r), _f(r['proxy_a_distance'], 2)]
                                                    for m, r in methods.items()]) + ['']
-    out += [f"Sequential labelled training {' -> '.join(t['domains'])}: R[i][j] = test mAP@0.5 on domain j after "
-            'training on domains 0..i (row 0: the burn-in).', '']
-    out += _table(['after \\ on'] + t['domains'], [[d] + [_f(v) for v in r] for d, r in zip(t['domains'], t['R'])])
-    out += ['', f"ACC {_f(t['ACC'])}, BWT {_f(t['BWT'], 3, True)} (negative: forgetting), FWT_DR "
-            f"{_f(t['FWT_DR'])}, BWT_DR {_f(t['BWT_DR'], 3, True)} (Diaz-Rodriguez et al. 2018).", '']
+    if t:
+        out += [f"Sequential labelled training {' -> '.join(t['domains'])}: R[i][j] = test mAP@0.5 on domain j "
+                'after training on domains 0..i (row 0: the burn-in).', '']
+        out += _table(['after \\ on'] + t['domains'], [[d] + [_f(v) for v in r]
+                                                        for d, r in zip(t['domains'], t['R'])])
+        out += ['', f"ACC {_f(t['ACC'])}, BWT {_f(t['BWT'], 3, True)} (negative: forgetting), FWT_DR "
+                f"{_f(t['FWT_DR'])}, BWT_DR {_f(t['BWT_DR'], 3, True)} (Diaz-Rodriguez et al. 2018).", '']
+    else:
+        out += ['No sequential run (sequential_steps 0): no transfer matrix.', '']
     out += ['## Data', '']
     out += _table(['domain/role', 'dataset', 'split', 'frames'],
                   [[k, v['dataset'], v['split'], f"{v['count']:,}"] for k, v in report['splits'].items()]) + ['']

@@ -44,7 +44,7 @@ def get_config():
     c.unit.num_steps = 400
     c.unit.image_every = 0
     c.unit.tensorboard = False
-    c.sequential_steps = 60           # per domain of the day -> dusk -> night run (backward / forward transfer)
+    c.sequential_steps = 60           # per domain of the day -> dusk -> night run (backward transfer); 0: none
     c.bootstrap_samples = 200         # confidence intervals over test images
     c.feature_images = 200            # per domain, for the proxy A-distance
     c.frame_sizes = 'train,720x1280'  # per-frame inference cost
