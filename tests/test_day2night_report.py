@@ -21,11 +21,13 @@ def _eval(day, dusk, night, params=100, step=60, samples=None):
 
 def _deps(seed, so_night, dann_night):
     s = f'@seed{seed}'
-    return {f'evaluate/burn_in{s}': _eval(0.6, 0.1, 0.05), f'evaluate/method/source_only{s}': _eval(0.58, 0.1, so_night),
+    return {f'evaluate/burn_in{s}': _eval(0.6, 0.1, 0.05),
+            f'evaluate/method/source_only{s}': _eval(0.58, 0.1, so_night),
             f'evaluate/method/oracle{s}': {**_eval(0.2, 0.2, 0.35), 'uses_target_labels': True},
             f'evaluate/method/dann{s}': _eval(0.5, 0.12, dann_night, params=100,
                                               samples={'source': 2000, 'target': 2000}),
-            f'evaluate/sequential/dusk{s}': _eval(0.4, 0.3, 0.1), f'evaluate/sequential/night{s}': _eval(0.3, 0.2, 0.33),
+            f'evaluate/sequential/dusk{s}': _eval(0.4, 0.3, 0.1),
+            f'evaluate/sequential/night{s}': _eval(0.3, 0.2, 0.33),
             **{f'method/{m}{s}': {'seconds': 120.0} for m in ('source_only', 'oracle', 'dann')}}
 
 

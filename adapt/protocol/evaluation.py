@@ -43,7 +43,8 @@ def translator_params(config) -> int:
     if config.detector != 'translated' or config.translated.transform != 'unit':
         return 0
     from adapt.runs import load_run
-    return count_params(load_run(config.translated.unit_run, 'unit', config.translated.unit_step).state['params']['gen'])
+    unit = load_run(config.translated.unit_run, 'unit', config.translated.unit_step)
+    return count_params(unit.state['params']['gen'])
 
 
 def selection_steps(workdir: str, split: str, model: str) -> dict:
