@@ -115,10 +115,13 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
               'params': count_params(model_variables(run, model)['params']) + translator_params(run.config),
               'test': {}, 'files': {}}
     examples = {}
+    # One evaluator (one compiled predict function) per dataset: its test splits share it.
+    evaluators = {name: Evaluator(run.config, builders(name), detector,
+                                  [d.test for d in domains.values() if d.dataset == name], mesh)
+                  for name in dict.fromkeys(d.dataset for d in domains.values())}
     for dom in domains.values():
         ctx.print_fn(f'  {ctx.name}: {dom.name} test ({dom.dataset} {dom.test}) ...')
-        builder = builders(dom.dataset)
-        evaluator = Evaluator(run.config, builder, detector, [dom.test], mesh)
+        evaluator = evaluators[dom.dataset]
         keep = config.num_examples if full and dom.name == target.name else 0
         metrics, pred, gt, dets = evaluator.evaluate(variables, dom.test, keep_images=keep)
         files = {'detections': f'detections_{dom.name}.json', 'ground_truth': f'ground_truth_{dom.name}.json'}
@@ -153,14 +156,13 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
         result['proxy_a_distance'] = None
     cost_config = canonical_json(run.config.to_dict())
     result['frame_costs'] = [dict(r) for r in _frame_costs(cost_config, len(run.class_names), config.frame_sizes)]
-    result['oracle_selected'] = _oracle_selected(ctx, run, target, builders, mesh)
+    result['oracle_selected'] = _oracle_selected(run, target, evaluators[target.dataset], mesh)
     return result
 
 
-def _oracle_selected(ctx, run, target, builders, mesh) -> dict:
+def _oracle_selected(run, target, evaluator, mesh) -> dict:
     """Target test metrics at the checkpoint with the best labelled target-validation AP50 (what selection by
     an oracle reports; kept apart from the main columns)."""
-    from adapt.evaluation.detector_eval import Evaluator
     from adapt.runs import load_run
     from adapt.training import replicate
     scores = selection_steps(run.workdir, target.validation, evaluated_model(run))
@@ -170,10 +172,8 @@ def _oracle_selected(ctx, run, target, builders, mesh) -> dict:
     step = max(kept, key=lambda s: (kept[s], s))
     if step == run.step:  # the last checkpoint: the main column's numbers
         return {'step': step, 'validation_AP50': kept[step], 'same_as_last': True}
-    chosen = load_run(run.workdir, 'detector', step)
-    model = evaluated_model(chosen)
-    evaluator = Evaluator(chosen.config, builders(target.dataset), chosen.detector(), [target.test], mesh)
-    metrics = evaluator.evaluate(replicate(model_variables(chosen, model), mesh), target.test)[0]
+    chosen = load_run(run.workdir, 'detector', step)  # the same detector: the run's evaluator serves
+    metrics = evaluator.evaluate(replicate(model_variables(chosen, evaluated_model(chosen)), mesh), target.test)[0]
     return {'step': step, 'validation_AP50': kept[step], 'AP50': float(metrics['AP50']), 'AP': float(metrics['AP']),
             'same_as_last': False}
 
