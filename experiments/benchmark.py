@@ -25,7 +25,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
-from adapt.evaluation.efficiency import flops_of, frame_costs, timed
+from adapt.evaluation.efficiency import flops_of, frame_costs, parse_frame_sizes, timed
 from experiments import common
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
@@ -153,17 +153,11 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
 
 
 def parse_sizes(text, train_size):
-    """'train,720x1280' -> [(h, w), ...] ('train': the preset's size); usage error for a malformed size."""
-    sizes = []
-    for item in (x.strip() for x in text.split(',') if x.strip()):
-        if item == 'train':
-            sizes.append(tuple(train_size))
-            continue
-        h, sep, w = item.partition('x')
-        if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
-            common.usage_error(f'--frame_sizes: {item!r} is not HEIGHTxWIDTH (e.g. 720x1280) or train')
-        sizes.append((int(h), int(w)))
-    return sizes
+    """`efficiency.parse_frame_sizes` with a malformed size as a usage error."""
+    try:
+        return parse_frame_sizes(text, train_size)
+    except ValueError as error:
+        common.usage_error(f'--frame_sizes: {error}')
 
 
 def frame_table(rows) -> str:

@@ -21,6 +21,20 @@ def flops_of(compiled):
     return float((cost or {}).get('flops', float('nan')))
 
 
+def parse_frame_sizes(text, train_size):
+    """'train,720x1280' -> [(h, w), ...] ('train': `train_size`); ValueError for a malformed size."""
+    sizes = []
+    for item in (x.strip() for x in text.split(',') if x.strip()):
+        if item == 'train':
+            sizes.append(tuple(train_size))
+            continue
+        h, sep, w = item.partition('x')
+        if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+            raise ValueError(f'{item!r} is not HEIGHTxWIDTH (e.g. 720x1280) or train')
+        sizes.append((int(h), int(w)))
+    return sizes
+
+
 def frame_costs(config, num_classes, sizes, steps=5, warmup=1):
     """Inference on one frame (batch 1, one device) at each (h, w) of `sizes`: ms and GFLOPs of the whole
     detector (forward pass + post-processing) and, for the translated family, of the translation and the

@@ -66,12 +66,10 @@ def _frame_costs(config_json: str, num_classes: int, sizes: str):
     """Per-frame cost of an architecture (cached: most methods share the burn-in's)."""
     import ml_collections
 
-    from adapt.evaluation.efficiency import frame_costs
+    from adapt.evaluation.efficiency import frame_costs, parse_frame_sizes
+    from adapt.training.config import image_size
     config = ml_collections.ConfigDict(json.loads(config_json))
-    size = config.image_size
-    train = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    parsed = [train if s.strip() == 'train' else tuple(int(x) for x in s.strip().split('x'))
-              for s in sizes.split(',') if s.strip()]
+    parsed = parse_frame_sizes(sizes, image_size(config))
     return tuple(r for r in frame_costs(config, num_classes, parsed) if r['part'] == 'detector')
 
 

@@ -100,13 +100,12 @@ def _per_seed(config, deps, methods, seed, domain_names) -> dict:
         }
     R = [[ev(name)['test'][d]['AP50'] for d in domain_names]
          for name in ['burn_in'] + [f'sequential/{d}' for d in domain_names[1:]]] if config.sequential_steps else None
-    return {'rows': rows, 'R': R, 'burn_in': burn}
+    return {'rows': rows, 'R': R}
 
 
 def _train_size(config) -> str:
-    size = config.burn_in.image_size
-    h, w = (size, size) if isinstance(size, int) else size
-    return f'{h}x{w}'
+    from adapt.training.config import image_size
+    return 'x'.join(map(str, image_size(config.burn_in)))
 
 
 def combine(config, deps, methods, seeds, domain_names) -> dict:
