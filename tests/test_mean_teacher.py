@@ -179,37 +179,31 @@ def test_bad_settings_are_one_line_errors(key, value, needle):
     assert '\n' not in str(error.value)
 
 
-def test_stopped_and_resumed_run_has_a_bit_identical_student_and_teacher(tmp_path, env, source_run, monkeypatch):
+def test_stopped_and_resumed_run_has_a_bit_identical_student_and_teacher(tmp_path, env, source_run):
     """The run goes through experiments/adapt_detector.py as a user runs it, with a user's own loss from a
     file outside adapt/ added to the method's (`user_losses:pull`, see tests/test_adapt_detector.py) and
     dann's image-level domain classifier (trainable parameters of a loss term, checkpointed too); a
-    copy of it without its step-4 checkpoint (what a stop after step 3 leaves) resumes from Python from the
-    step-2 checkpoint and ends bit-identical. (SIGKILL at any point of the loop:
+    copy of it without its step-4 checkpoint (what a stop after step 3 leaves) resumes, by the same command,
+    from the step-2 checkpoint and ends bit-identical. (SIGKILL at any point of the loop:
     tests/test_training_resume.py.)"""
     import shutil
-
-    import tensorflow_datasets as tfds
-    from adapt.methods.trainer import train
-    from tests.tiny_config import get_config
     (tmp_path / 'user_losses.py').write_text(USER_LOSSES)
     user_env = (dict(env[0], PYTHONPATH=f'{env[0]["PYTHONPATH"]}{os.pathsep}{tmp_path}'), env[1])
     settings = dict(method='mean_teacher', init_run=source_run[0], target_split='train_night',
                     adaptation_losses='mean_teacher:1.0,user_losses:pull:1.0,dann_image:0.1')
-    out = finish(start([f'--workdir={tmp_path / "whole"}', f'--data_dir={env[1]}', *TINY,
-                        f'--config.mean_teacher.decay={DECAY}', '--config.mean_teacher.threshold=0.2',
-                        *(f'--config.{k}={v}' for k, v in settings.items())], user_env, 'adapt_detector'))[1]
+
+    def run(workdir):
+        return finish(start([f'--workdir={workdir}', f'--data_dir={env[1]}', *TINY,
+                             f'--config.mean_teacher.decay={DECAY}', '--config.mean_teacher.threshold=0.2',
+                             *(f'--config.{k}={v}' for k, v in settings.items())], user_env, 'adapt_detector'))[1]
+    out = run(tmp_path / 'whole')
     assert 'student/validation_day: mAP@0.5' in out and 'teacher/validation_day: mAP@0.5' in out
 
     shutil.copytree(tmp_path / 'whole', tmp_path / 'stopped')
     shutil.rmtree(tmp_path / 'stopped' / 'checkpoints' / '4')
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = get_config()
-    config.update(settings)
-    config.mean_teacher.update(dict(decay=DECAY, threshold=0.2))
-    lines = []
-    train(config, tfds.builder('daynight_synth/tiny', data_dir=env[1]), workdir=str(tmp_path / 'stopped'),
-          print_fn=lines.append)
-    assert any('resumed from' in line and 'step 2' in line for line in lines)
+    assert 'resumed from' in run(tmp_path / 'stopped')  # the same command again, from step 2
+    rows = [json.loads(line) for line in open(tmp_path / 'stopped' / 'metrics.jsonl')]
+    assert [r['step'] for r in rows if r['split'] == 'train'] == [2, 4, 4]  # step 4 again, after the resume
 
     (step_w, w), (step_k, k) = (final_params(str(tmp_path / d)) for d in ('whole', 'stopped'))
     assert step_w == step_k == 4
