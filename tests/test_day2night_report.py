@@ -31,12 +31,26 @@ def _deps(seed, so_night, dann_night):
             **{f'method/{m}{s}': {'seconds': 120.0} for m in ('source_only', 'oracle', 'dann')}}
 
 
+def _boot(methods, seeds, values=None):
+    """Bootstrap values per method and seed: `values` where given, else two-valued ones with the 95 %
+    interval [v - 0.01, v + 0.01] around the evaluation's v = 0.5 (day), 0.1 (dusk), 0.05 (night)."""
+    flat = {d: np.repeat([v - 0.01, v + 0.01], 50) for d, v in zip(DOMAINS, (0.5, 0.1, 0.05))}
+    return {m: [{f'{d}/{k}': (values if values is not None else flat[d]) for d in DOMAINS for k in ('AP50', 'AP')}
+                for _ in seeds] for m in methods}
+
+
 def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
     config = day2night.get_config()
     deps = {**_deps(0, 0.05, 0.08), **_deps(1, 0.07, 0.13)}
-    out = combine(config, deps, ['source_only', 'oracle', 'dann'], [0, 1], DOMAINS)
+    methods = ['source_only', 'oracle', 'dann']
+    boot = _boot(methods, [0, 1])
+    boot['dann'] = [{k: np.array([0.1, -1, 0.3, 0.5]) for k in boot['dann'][0]},
+                    {k: np.array([0.3, 0.2, 0.5, 0.7]) for k in boot['dann'][0]}]
+    out = combine(config, deps, methods, [0, 1], DOMAINS, boot)
     dann = out['methods']['dann']
     assert dann['test_night']['AP50'] == pytest.approx(0.105)
+    # per-resample seed means 0.2, 0.4, 0.6 (resample 1 undefined in seed 0): percentiles 2.5 and 97.5
+    assert dann['test_night']['AP50_ci'] == pytest.approx([0.21, 0.59])
     assert dann['test_night']['AP50_std'] == pytest.approx(np.std([0.08, 0.13], ddof=1))
     assert dann['gap_closed'] == pytest.approx(np.mean([(0.08 - 0.05) / (0.35 - 0.05), (0.13 - 0.07) / (0.35 - 0.07)]))
     assert dann['forgetting'] == pytest.approx(0.6 - 0.5) and dann['domain_gap'] == pytest.approx(0.58 - 0.105)
@@ -52,7 +66,8 @@ def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
 
 def test_markdown_marks_target_labels_and_methods_below_source_only():
     config = day2night.get_config()
-    out = combine(config, _deps(0, 0.05, 0.04), ['source_only', 'oracle', 'dann'], [0], DOMAINS)
+    methods = ['source_only', 'oracle', 'dann']
+    out = combine(config, _deps(0, 0.05, 0.04), methods, [0], DOMAINS, _boot(methods, [0]))
     report = {'roles': {'source': 'day', 'intermediate': 'dusk', 'target': 'night'}, 'seeds': [0],
               'settings_hash': 'h', 'commit': 'c', 'created': 't', 'packages': {}, 'figures': {},
               'splits': {'night/test': {'dataset': 'd', 'split': 'test_night', 'count': 250}}, **out}

@@ -9,7 +9,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from adapt.evaluation import evaluate_coco, load_detections, load_ground_truth
-from adapt.evaluation.transfer import (bootstrap_ci, bootstrap_values, domain_classifier_error, domain_gap,
+from adapt.evaluation.transfer import (bootstrap_ci, bootstrap_interval, bootstrap_values, domain_classifier_error, domain_gap,
                                        forgetting, gap_closed, proxy_a_distance, resample_images,
                                        transfer_matrix_metrics)
 
@@ -69,6 +69,17 @@ def test_interval_contains_value_and_is_reproducible():
     assert bootstrap_ci(gt, dets, 'AP50', num_samples=300, seed=4)[1:] != (low, high)
     narrow = bootstrap_ci(gt, dets, 'AP50', num_samples=300, seed=3, level=0.5)
     assert low < narrow[1] <= narrow[2] < high
+
+
+def test_interval_of_several_seeds_is_of_the_per_resample_mean_without_undefined_resamples():
+    values = [[0.1, -1, 0.3, 0.5], [0.3, 0.2, 0.5, 0.7]]
+    # resample 1 is undefined in seed 0; the means of the others are 0.2, 0.4, 0.6: quartiles 0.3, 0.5
+    assert bootstrap_interval(values, level=0.5) == pytest.approx((0.3, 0.5))
+    assert bootstrap_interval([0.4, 0.1, -1, 0.2, 0.3], level=0.5) == pytest.approx((0.175, 0.325))
+    with pytest.raises(ValueError, match='undefined on every bootstrap resample'):
+        bootstrap_interval([[-1, 0.2], [0.1, -1]])
+    with pytest.raises(ValueError, match=r'expected shape \[num_samples\]'):
+        bootstrap_interval(np.zeros((1, 2, 3)))
 
 
 def test_bootstrap_draws_images_with_replacement_from_the_seeded_generator():

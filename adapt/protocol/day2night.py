@@ -282,7 +282,7 @@ def evaluation_stages(config, builders, methods, seed) -> list:
     d = domains(config)
     settings = {'domains': config.domains.to_dict(), 'bootstrap_samples': config.bootstrap_samples,
                 'feature_images': config.feature_images, 'frame_sizes': config.frame_sizes,
-                'num_examples': config.num_examples, 'target': config.target, 'version': 1}
+                'num_examples': config.num_examples, 'target': config.target, 'version': 2}
     runs = [f'method/{m}' for m in methods] + ['burn_in'] + [
         f'sequential/{n}' for n in (config.intermediate, config.target) if config.sequential_steps]
     stages = []

@@ -17,6 +17,7 @@ import numpy as np
 from adapt.protocol.stages import canonical_json
 
 EXAMPLES_FILE = 'examples.npz'
+BOOTSTRAP_FILE = 'bootstrap.npz'  # {'<domain>/<metric>': bootstrap_values}: the report's multi-seed intervals
 
 
 def evaluated_model(run) -> str:
@@ -98,7 +99,7 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
     from adapt.evaluation import write_json
     from adapt.evaluation.curves import precision_recall
     from adapt.evaluation.detector_eval import Evaluator, eval_pipeline
-    from adapt.evaluation.transfer import bootstrap_ci, proxy_a_distance
+    from adapt.evaluation.transfer import bootstrap_interval, bootstrap_values, proxy_a_distance
     from adapt.evaluation.voc import match_detections
     from adapt.models.inference import draw_detections, voc_inputs
     from adapt.runs import load_run
@@ -112,7 +113,7 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
               bool(run.record.get('uses_target_labels')), 'samples': run.record.get('samples', {}),
               'params': count_params(model_variables(run, model)['params']) + translator_params(run.config),
               'test': {}, 'files': {}}
-    examples = {}
+    examples, boot = {}, {}
     # One evaluator (one compiled predict function) per dataset: its test splits share it.
     evaluators = {name: Evaluator(run.config, builders(name), detector,
                                   [d.test for d in domains.values() if d.dataset == name], mesh)
@@ -129,7 +130,8 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
         entry['images'] = len(gt['images'])
         if full:
             for metric in ('AP50', 'AP'):
-                entry[f'{metric}_ci'] = list(bootstrap_ci(gt, dets, metric, config.bootstrap_samples)[1:])
+                boot[f'{dom.name}/{metric}'] = bootstrap_values(gt, dets, metric, config.bootstrap_samples)
+                entry[f'{metric}_ci'] = list(bootstrap_interval(boot[f'{dom.name}/{metric}']))
         result['test'][dom.name], result['files'][dom.name] = entry, files
         if keep:
             examples = {'raw': np.round(pred['images'] * 255).astype(np.uint8), 'drawn': np.stack([
@@ -142,6 +144,8 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
             result['target_pr'] = {k: np.round(curve[k], 5).tolist() for k in ('recall', 'precision')}
     if examples:
         np.savez_compressed(os.path.join(ctx.workdir, EXAMPLES_FILE), **examples)
+    if boot:
+        np.savez(os.path.join(ctx.workdir, BOOTSTRAP_FILE), **boot)
     if not full:
         return result
     source = domains[config.source]

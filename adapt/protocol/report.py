@@ -2,8 +2,9 @@
 report.md (the tables a reader checks), the figures, and the COCO files each number was computed from.
 
 Every test number comes from an evaluation stage (adapt.protocol.evaluation); this module only combines
-them: transfer metrics per seed, then mean and standard deviation over seeds (intervals: the first seed's
-bootstrap over test images). Timing fields (minutes, ms) are the only ones that differ between two runs
+them: transfer metrics per seed, then mean and standard deviation over seeds. Intervals bootstrap the
+number shown over test images: each evaluation stage keeps its bootstrap values (same resamples in every
+seed), and the report takes the percentiles of their mean over seeds. Timing fields (minutes, ms) are the only ones that differ between two runs
 of the same settings.
 """
 from __future__ import annotations
@@ -108,9 +109,10 @@ def _train_size(config) -> str:
     return 'x'.join(map(str, image_size(config.burn_in)))
 
 
-def combine(config, deps, methods, seeds, domain_names) -> dict:
-    """The report's numbers (see the module doc)."""
-    from adapt.evaluation.transfer import transfer_matrix_metrics
+def combine(config, deps, methods, seeds, domain_names, boot) -> dict:
+    """The report's numbers (see the module doc); `boot`: {method: one {'<domain>/<metric>': bootstrap
+    values} per seed}."""
+    from adapt.evaluation.transfer import bootstrap_interval, transfer_matrix_metrics
     per_seed = [_per_seed(config, deps, methods, s, domain_names) for s in seeds]
     first = per_seed[0]['rows']
     out = {}
@@ -127,7 +129,7 @@ def combine(config, deps, methods, seeds, domain_names) -> dict:
             cell = {}
             for metric in ('AP50', 'AP'):
                 cell[metric], cell[f'{metric}_std'] = _mean_std([r['test'][d][metric] for r in rows])
-                cell[f'{metric}_ci'] = first[m]['test'][d].get(f'{metric}_ci')
+                cell[f'{metric}_ci'] = list(bootstrap_interval([b[f'{d}/{metric}'] for b in boot[m]]))
             cell['images'] = first[m]['test'][d]['images']
             entry[f'test_{d}'] = cell
         for key in ('gap_closed', 'domain_gap', 'forgetting', 'adapt_minutes', 'adapt_gflops', 'proxy_a_distance',
@@ -140,6 +142,17 @@ def combine(config, deps, methods, seeds, domain_names) -> dict:
     transfer = {'domains': domain_names, 'R': np.mean(matrices, 0).tolist()}
     transfer.update({k: float(v) for k, v in transfer_matrix_metrics(np.mean(matrices, 0)).items()})
     return {'methods': out, 'transfer': transfer}
+
+
+def _bootstrap_values(ctx, methods, seeds) -> dict:
+    from adapt.protocol.evaluation import BOOTSTRAP_FILE
+    out = {}
+    for m in methods:
+        out[m] = []
+        for s in seeds:
+            with np.load(os.path.join(ctx.dep_workdirs[seed_name(f'evaluate/method/{m}', s)], BOOTSTRAP_FILE)) as f:
+                out[m].append({k: f[k] for k in f.files})
+    return out
 
 
 def _copy_files(root, ctx, methods, seeds, domain_names) -> dict:
@@ -165,7 +178,7 @@ def write_report(ctx, config, methods, seeds) -> dict:
     root = os.path.join(ctx.root, REPORT_DIR)
     os.makedirs(root, exist_ok=True)
     domain_names = list(domains(config))
-    combined = combine(config, ctx.deps, methods, seeds, domain_names)
+    combined = combine(config, ctx.deps, methods, seeds, domain_names, _bootstrap_values(ctx, methods, seeds))
     files = _copy_files(root, ctx, methods, seeds, domain_names)
     for m in methods:
         combined['methods'][m]['files'] = files[m]

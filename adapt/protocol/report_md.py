@@ -45,8 +45,9 @@ def render(report) -> str:
            f"Settings hash `{report['settings_hash']}`, commit `{report['commit']}`, {len(seeds)} seed(s) "
            f"({', '.join(map(str, seeds))}), created {report['created']}.", '',
            f'Test mAP@0.5 per domain ({src}: labelled source, {mid}: intermediate, {tgt}: target), with the '
-           'bootstrap 95 % interval over test images in brackets' + (' and ± the standard deviation over seeds'
-                                                                    if len(seeds) > 1 else '') +
+           'bootstrap 95 % interval over test images in brackets' + (
+               ' (of the mean over seeds, on the same resamples in every seed) and ± the standard deviation over '
+               'seeds' if len(seeds) > 1 else '') +
            '. Every row is its run\'s last checkpoint and the model named; every method continued the same '
            'source-only burn-in for the same steps, schedule and augmentation (source_only and oracle included). '
            f'{MARK}: reads labelled {tgt} data (an upper bound or a labelled-data method, not unsupervised '
