@@ -31,12 +31,11 @@ def _deps(seed, so_night, dann_night):
             **{f'method/{m}{s}': {'seconds': 120.0} for m in ('source_only', 'oracle', 'dann')}}
 
 
-def _boot(methods, seeds, values=None):
-    """Bootstrap values per method and seed: `values` where given, else two-valued ones with the 95 %
-    interval [v - 0.01, v + 0.01] around the evaluation's v = 0.5 (day), 0.1 (dusk), 0.05 (night)."""
+def _boot(methods, seeds):
+    """Bootstrap values per method and seed, two-valued: the 95 % interval is [v - 0.01, v + 0.01] around
+    v = 0.5 (day), 0.1 (dusk), 0.05 (night)."""
     flat = {d: np.repeat([v - 0.01, v + 0.01], 50) for d, v in zip(DOMAINS, (0.5, 0.1, 0.05))}
-    return {m: [{f'{d}/{k}': (values if values is not None else flat[d]) for d in DOMAINS for k in ('AP50', 'AP')}
-                for _ in seeds] for m in methods}
+    return {m: [{f'{d}/{k}': flat[d] for d in DOMAINS for k in ('AP50', 'AP')} for _ in seeds] for m in methods}
 
 
 def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():

@@ -9,8 +9,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from adapt.evaluation import evaluate_coco, load_detections, load_ground_truth
-from adapt.evaluation.transfer import (bootstrap_ci, bootstrap_interval, bootstrap_values, domain_classifier_error, domain_gap,
-                                       forgetting, gap_closed, proxy_a_distance, resample_images,
+from adapt.evaluation.transfer import (bootstrap_ci, bootstrap_interval, bootstrap_values, domain_classifier_error,
+                                       domain_gap, forgetting, gap_closed, proxy_a_distance, resample_images,
                                        transfer_matrix_metrics)
 
 

@@ -5,5 +5,5 @@ from adapt.evaluation.cocojson import (CocoFormatError, Detections, GroundTruth,
                                        write_json)
 from adapt.evaluation.curves import confusion_matrix, f1_curve, plot_precision_recall, precision_recall, tpr_fppi
 from adapt.evaluation.voc import Matches, VocResult, average_precision, evaluate_voc, match_detections
-from adapt.evaluation.transfer import (bootstrap_ci, bootstrap_interval, domain_gap, forgetting, gap_closed, proxy_a_distance,
-                                      transfer_matrix_metrics)
+from adapt.evaluation.transfer import (bootstrap_ci, bootstrap_interval, domain_gap, forgetting, gap_closed,
+                                      proxy_a_distance, transfer_matrix_metrics)

@@ -4,8 +4,8 @@ report.md (the tables a reader checks), the figures, and the COCO files each num
 Every test number comes from an evaluation stage (adapt.protocol.evaluation); this module only combines
 them: transfer metrics per seed, then mean and standard deviation over seeds. Intervals bootstrap the
 number shown over test images: each evaluation stage keeps its bootstrap values (same resamples in every
-seed), and the report takes the percentiles of their mean over seeds. Timing fields (minutes, ms) are the only ones that differ between two runs
-of the same settings.
+seed), and the report takes the percentiles of their mean over seeds. Timing fields (minutes, ms) are
+the only ones that differ between two runs of the same settings.
 """
 from __future__ import annotations
 
