@@ -1,10 +1,11 @@
 """The Day2Night evaluation stage: the only reader of the test splits.
 
 For one trained run it writes, in its stage workdir, the COCO detections and ground truth of every
-domain's test split (anyone can recompute each number with pycocotools) and returns the metrics with
-bootstrap 95 % intervals over test images, the target's precision-recall curve, the proxy A-distance of
-its backbone features (source vs target test images), its size and per-frame cost, and the target
-metrics of the checkpoint an oracle would pick on labelled target validation (reported apart).
+domain's test split (anyone can recompute each number with pycocotools) and the metrics on bootstrap
+resamples of the test images (the report's intervals, BOOTSTRAP_FILE), and returns the metrics, the
+target's precision-recall curve, the proxy A-distance of its backbone features (source vs target test
+images), its size and per-frame cost, and the target metrics of the checkpoint an oracle would pick on
+labelled target validation (reported apart).
 """
 from __future__ import annotations
 
@@ -94,12 +95,12 @@ def _pooled_features(run, detector, batches, limit):
 
 
 def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
-    """Test metrics of the run in `workdir` on every domain (see the module doc); `full` adds intervals,
+    """Test metrics of the run in `workdir` on every domain (see the module doc); `full` adds bootstrap values,
     curves, features, costs, examples and the oracle-selected column (the methods' rows)."""
     from adapt.evaluation import write_json
     from adapt.evaluation.curves import precision_recall
     from adapt.evaluation.detector_eval import Evaluator, eval_pipeline
-    from adapt.evaluation.transfer import bootstrap_interval, bootstrap_values, proxy_a_distance
+    from adapt.evaluation.transfer import bootstrap_values, proxy_a_distance
     from adapt.evaluation.voc import match_detections
     from adapt.models.inference import draw_detections, voc_inputs
     from adapt.runs import load_run
@@ -131,7 +132,6 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
         if full:
             for metric in ('AP50', 'AP'):
                 boot[f'{dom.name}/{metric}'] = bootstrap_values(gt, dets, metric, config.bootstrap_samples)
-                entry[f'{metric}_ci'] = list(bootstrap_interval(boot[f'{dom.name}/{metric}']))
         result['test'][dom.name], result['files'][dom.name] = entry, files
         if keep:
             examples = {'raw': np.round(pred['images'] * 255).astype(np.uint8), 'drawn': np.stack([
