@@ -34,7 +34,7 @@ def _per_level(values, num_levels, name):
     return [tuple(v) for v in values]
 
 
-def _level_boxes(cy, cx, wh):
+def level_boxes(cy, cx, wh):
     """Boxes [fh * fw * K, 4] at every (cy[i], cx[j]) with normalised (width, height) pairs wh [K, 2]."""
     cy, cx = np.meshgrid(cy, cx, indexing="ij")  # [fh, fw]; row-major flattening = location-major order
     centre = np.stack([cy, cx], -1).reshape(-1, 1, 2)
@@ -42,7 +42,7 @@ def _level_boxes(cy, cx, wh):
     return np.concatenate([centre - half, centre + half], -1).reshape(-1, 4)
 
 
-def _cell_centres(feature_size):
+def cell_centres(feature_size):
     """Normalised centres (i + 0.5) / fh and (j + 0.5) / fw of a feature map's cells."""
     fh, fw = _pair(feature_size)
     return (np.arange(fh) + 0.5) / fh, (np.arange(fw) + 0.5) / fw
@@ -86,7 +86,7 @@ def ssd_default_boxes(feature_sizes, min_scale=0.2, max_scale=0.9, aspect_ratios
         for r in ratios[k]:
             q = math.sqrt(r)
             wh += [(s * q, s / q), (s / q, s * q)]
-        levels.append(_level_boxes(*_cell_centres(size), wh))
+        levels.append(level_boxes(*cell_centres(size), wh))
     boxes = np.concatenate(levels)
     return (np.clip(boxes, 0.0, 1.0) if clip else boxes).astype(np.float32)
 
@@ -106,7 +106,7 @@ def sizes_ratios_anchors(feature_sizes, sizes, ratios):
         fh, fw = _pair(size)
         pairs = [(si, r[0]) for si in s] + [(s[0], rj) for rj in r[1:]]
         wh = [(si * math.sqrt(rj) * fh / fw, si / math.sqrt(rj)) for si, rj in pairs]
-        levels.append(_level_boxes(*_cell_centres(size), wh))
+        levels.append(level_boxes(*cell_centres(size), wh))
     return np.concatenate(levels).astype(np.float32)
 
 
@@ -129,5 +129,5 @@ def grid_anchors(feature_sizes, image_size, strides, sizes, ratios, offset=0.5):
         cy = (np.arange(fh) + offset) * sy / img_h
         cx = (np.arange(fw) + offset) * sx / img_w
         wh = [(si * math.sqrt(rj) / img_w, si / math.sqrt(rj) / img_h) for rj in r for si in s]
-        levels.append(_level_boxes(cy, cx, wh))
+        levels.append(level_boxes(cy, cx, wh))
     return np.concatenate(levels).astype(np.float32)

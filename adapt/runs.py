@@ -2,7 +2,8 @@
 
 A workdir holds `run.json` ({'kind': 'detector' | 'unit', 'config': the full preset, 'data_dir',
 'class_names', ...}) and `checkpoints/` (orbax). Runs started from a script or from Python look the same,
-so evaluation, inference, frozen features and `init_run` all read them through `load_run`.
+so evaluation, inference, frozen features and `init_run` all read them through `load_run`. This module only
+reads and writes runs; the models a run holds are built by `adapt.run_models`.
 """
 from __future__ import annotations
 
@@ -74,11 +75,6 @@ class Run:
     def uses_ema(self) -> bool:
         return 'ema' in (self.state.get('aux') or {})
 
-    def detector(self):
-        """The run's detector (its family, settings, image size and classes)."""
-        from adapt.models.detector import build_detector
-        return build_detector(self.config, len(self.class_names))
-
     def variables(self, ema: bool | None = None) -> dict:
         """Detector variables {'params', 'batch_stats'}: the EMA when the run kept one (unless ema=False)."""
         if self.kind != 'detector':
@@ -86,13 +82,6 @@ class Run:
         if (self.uses_ema if ema is None else ema):
             return self.state['aux']['ema']
         return {'params': self.state['params']['detector'], 'batch_stats': self.state.get('batch_stats') or {}}
-
-    def unit_generator(self):
-        """(UNITConfig, generator params) of a UNIT run."""
-        from adapt.models.unit import UNITConfig
-        if self.kind != 'unit':
-            raise RunError(f'{self.workdir} is a {self.kind} run, not a unit run')
-        return UNITConfig.from_mapping(self.record['config']['model']), self.state['params']['gen']
 
 
 def load_run(workdir: str, kind: str | None = None, step: int | None = None) -> Run:

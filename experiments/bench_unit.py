@@ -75,10 +75,9 @@ def main(argv):
     import ml_collections
     import numpy as np
     from adapt.datasets.daynight_synth import CLASS_NAMES
-    from adapt.models.detector import build_detector
     from adapt.models.inference import make_predict_fn
-    from adapt.models.unit import UNIT, UNITConfig, init_params
-    from adapt.methods.translation import make_translate_fn
+    from adapt.models.unit import UNIT, UNITConfig, init_params, make_translate_fn
+    from adapt.run_models import build_detector, run_generator
     from adapt.runs import RunError, load_run
 
     def run_of(workdir, kind):
@@ -89,7 +88,8 @@ def main(argv):
 
     if FLAGS.unit_workdir:
         unit_run = run_of(FLAGS.unit_workdir, 'unit')
-        (cfg, gen_params), train_size = unit_run.unit_generator(), unit_run.config.image_size
+        generator, train_size = run_generator(unit_run), unit_run.config.image_size
+        cfg, gen_params = generator.config, generator.params
     else:
         unit_config = _load_config(FLAGS.unit_config)
         cfg, train_size = UNITConfig.from_mapping(unit_config.model), unit_config.image_size

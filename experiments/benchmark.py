@@ -86,7 +86,8 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
     """All the figures as a dict (see the module docstring)."""
     import jax
     from adapt.methods.trainer import init_state, setup
-    from adapt.models.data_settings import settings_family, with_box_settings
+    from adapt.models.data_settings import settings_family
+    from adapt.models.families import with_box_settings
     from adapt.models.inference import make_predict_fn
     from adapt.training import data_parallel, make_mesh, replicate, shard_batch
 
@@ -173,6 +174,7 @@ def trained(workdir, split, batch_size, steps, warmup, data_dir=None):
     import ml_collections
     from adapt.evaluation.detector_eval import eval_pipeline
     from adapt.models.ssd import SSDDetector
+    from adapt.run_models import run_detector
     from adapt.runs import RunError, load_run
     try:
         run = load_run(workdir, 'detector')
@@ -182,7 +184,7 @@ def trained(workdir, split, batch_size, steps, warmup, data_dir=None):
     builder = common.check_dataset(config.dataset, data_dir or run.data_dir)
     common.check_split(builder, split)
     images = next(eval_pipeline(config, builder, f'{split}[:{batch_size}]'))['image']
-    detector, variables = run.detector(), run.variables()
+    detector, variables = run_detector(run), run.variables()
     forward = jax.jit(lambda v, x: detector.apply(v, x)[0])
     post = jax.jit(detector.postprocess)
     outputs = forward(variables, images)
@@ -268,7 +270,7 @@ def compare(names, argv):
     import subprocess
     import sys
     import tempfile
-    from adapt.models.detector import detector_families
+    from adapt.models.families import detector_families
     for name in names:
         common.check_choice('detector', name, [n for n in detector_families() if n in FLAGS.config])
     results = []

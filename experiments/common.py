@@ -80,7 +80,7 @@ def check_choice(what, value, choices):
 
 def check_detector_family(config):
     """Usage error unless the config names a registered detector family with a settings block."""
-    from adapt.models.detector import detector_families
+    from adapt.models.families import detector_families
     check_choice('detector', config.detector, [n for n in detector_families() if n in config])
 
 

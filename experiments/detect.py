@@ -55,6 +55,7 @@ def main(argv):
             list_images(FLAGS.images)
         except InputError as error:
             common.usage_error(str(error))
+    from adapt.run_models import run_detector
     from adapt.runs import RunError, load_run
     try:
         run = load_run(FLAGS.workdir, 'detector', FLAGS.step)
@@ -62,7 +63,7 @@ def main(argv):
         common.usage_error(str(error))
 
     from adapt import detect
-    detector = run.detector()
+    detector = run_detector(run)
     names = run.class_names or tuple(str(c) for c in range(detector.num_classes))
     options = dict(batch_size=FLAGS.batch_size, num_draw=FLAGS.num_draw, min_score=FLAGS.min_score)
     if FLAGS.images is not None:

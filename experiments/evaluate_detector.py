@@ -28,6 +28,7 @@ flags.DEFINE_string('output_dir', None, 'Where to write the results (default: <w
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    from adapt.run_models import run_detector
     from adapt.runs import RunError, load_run
     try:
         run = load_run(FLAGS.workdir, 'detector', FLAGS.step)
@@ -41,7 +42,7 @@ def main(argv):
     from adapt.evaluation.detector_eval import Evaluator, file_tag
     from adapt.training import make_mesh, replicate
     mesh = make_mesh()
-    evaluator = Evaluator(config, builder, run.detector(), [split], mesh)
+    evaluator = Evaluator(config, builder, run_detector(run), [split], mesh)
     metrics, _, gt, results = evaluator.evaluate(replicate(run.variables(), mesh), split)
     out = FLAGS.output_dir or os.path.join(FLAGS.workdir, 'eval')
     os.makedirs(out, exist_ok=True)

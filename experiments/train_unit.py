@@ -102,12 +102,13 @@ def main(argv):
     config, builder_a, builder_b, eval_builder = resolve_config()
     from adapt.evaluation.translation_eval import InceptionFeatures, format_table  # heavy imports: flags are fine
     from adapt.methods import translation
-    from adapt.models.frozen_features import from_detector_workdir, random_features
+    from adapt.models.frozen_features import random_features
+    from adapt.run_models import detector_features
     from adapt.training import to_host
     features = detector = None
     if config.loss.weights.get('feature', 0.0) > 0:
-        features = from_detector_workdir(config.loss.feature_backbone or config.loss.detector_run,
-                                         config.loss.feature_levels)
+        features = detector_features(config.loss.feature_backbone or config.loss.detector_run,
+                                     config.loss.feature_levels)
     weights = config.loss.weights
     if weights.get('semantic', 0.0) > 0 or weights.get('labelled_cycle', 0.0) > 0:
         detector = translation.frozen_detector(config.loss.detector_run)
@@ -123,7 +124,7 @@ def main(argv):
         sys.exit(1)
     if eval_builder is None:
         return
-    fd_features = (from_detector_workdir(config.fd_backbone) if config.fd_backbone
+    fd_features = (detector_features(config.fd_backbone) if config.fd_backbone
                    else random_features('resnet18', 0.25, seed=0))
     inception = InceptionFeatures(FLAGS.inception_weights) if FLAGS.inception_weights else None
     metrics = translation.evaluate(config, to_host(state.params['gen']), eval_builder, fd_features, inception)

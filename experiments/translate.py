@@ -35,14 +35,13 @@ flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', low
 
 
 def load_generator(workdir, step=None):
-    """(UNITConfig, generator params, step) from a train_unit workdir; usage error if it is not one."""
-    from adapt.runs import RunError, load_run
+    """The generator (adapt.models.unit.Generator) of a train_unit workdir; usage error if it is not one."""
+    from adapt.run_models import load_generator as load
+    from adapt.runs import RunError
     try:
-        run = load_run(workdir, 'unit', step)
+        return load(workdir, step)
     except RunError as error:
         common.usage_error(str(error))
-    cfg, gen_params = run.unit_generator()
-    return cfg, gen_params, run.step
 
 
 def folder_images(input_dir, limit):
@@ -95,12 +94,13 @@ def main(argv):
         if FLAGS.split.split('[')[0] not in builder.info.splits:
             common.prepare(builder)
         common.check_split(builder, FLAGS.split)
-    cfg, gen_params, step = load_generator(FLAGS.workdir, FLAGS.step)
+    generator = load_generator(FLAGS.workdir, FLAGS.step)
+    cfg, gen_params, step = generator.config, generator.params, generator.step
 
     import numpy as np
     import tensorflow as tf
     from PIL import Image
-    from adapt.methods.translation import make_translate_fn
+    from adapt.models.unit import make_translate_fn
     translate = make_translate_fn(cfg, *DIRECTIONS[FLAGS.direction])
     size = FLAGS.image_size
 

@@ -3,7 +3,8 @@ and the validity checks of the protocol's configs (no training stage reads a tes
 import numpy as np
 import pytest
 
-from adapt.protocol.day2night import check_no_test_split, extra_methods, method_config, method_names
+from adapt.protocol.day2night import check_no_test_split, method_config, method_names
+from adapt.protocol.spec import extra_methods
 from adapt.protocol.report import combine
 from adapt.protocol.report_md import render
 from experiments.configs import day2night

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from adapt import detect
+from adapt.run_models import run_detector
 from adapt.runs import load_run
 from tests.script_runner import ROOT
 from tests.tiny_config import tiny_config
@@ -30,7 +31,7 @@ SIZES = ((64, 64), (48, 80), (90, 50), (33, 41))  # (height, width) of the folde
 @pytest.fixture(scope='module')
 def run(tmp_path_factory, env):
     """A finished detector run (run.json + an orbax checkpoint) on daynight_synth/tiny, and its builder."""
-    from adapt.models.detector import build_detector
+    from adapt.models.families import build_detector
     from adapt.runs import write_run
     from adapt.training import Checkpointer
     builder = tfds.builder(DATASET, data_dir=env[1])
@@ -71,7 +72,7 @@ def _folder(path, builder):
 def _expected(run, folder, names):
     """{file name: (COCO xywh [D, 4], scores, category ids)}: detector.apply + postprocess on each image
     resized as the pipeline does, boxes scaled to the original size by hand."""
-    detector, variables = run.detector().for_input('target'), run.variables()
+    detector, variables = run_detector(run).for_input('target'), run.variables()
     originals = [np.asarray(Image.open(folder / n).convert('RGB')) for n in names]
     resized = np.stack([np.clip(tf.image.resize(o / np.float32(255), detector.image_size, antialias=True), 0, 1)
                         for o in originals])
@@ -91,7 +92,7 @@ def test_folder_detections_are_the_detectors_own_in_original_pixels(tmp_path, ru
     run, builder = run
     names = _folder(tmp_path / 'images', builder)
     reported, progress = [], []
-    detected = detect.detect_folder(run.detector().for_input('target'), run.variables(), str(tmp_path / 'images'),
+    detected = detect.detect_folder(run_detector(run).for_input('target'), run.variables(), str(tmp_path / 'images'),
                                     run.class_names, batch_size=3, num_draw=2, min_score=0.0,
                                     report=reported.append, print_fn=progress.append, progress_every=0.0)
     detect.write_outputs(str(tmp_path / 'out'), detected, run.class_names)
@@ -142,7 +143,7 @@ def test_split_files_load_in_pycocotools_with_the_same_ap(tmp_path, run, capsys)
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     run, builder = run
-    detected = detect.detect_split(run.detector(), run.variables(), run.config, builder, 'validation_night',
+    detected = detect.detect_split(run_detector(run), run.variables(), run.config, builder, 'validation_night',
                                    batch_size=4, num_draw=1)
     detect.write_outputs(str(tmp_path / 'split'), detected, run.class_names)
     gt = COCO(str(tmp_path / 'split' / 'ground_truth.json'))
@@ -172,7 +173,7 @@ def test_split_files_load_in_pycocotools_with_the_same_ap(tmp_path, run, capsys)
     (tmp_path / 'images').mkdir()
     for i, example in enumerate(examples):
         Image.fromarray(example['image']).save(tmp_path / 'images' / f'{i}.png')
-    folder = detect.detect_folder(run.detector().for_input('validation_night'), run.variables(),
+    folder = detect.detect_folder(run_detector(run).for_input('validation_night'), run.variables(),
                                   str(tmp_path / 'images'), run.class_names, batch_size=4, num_draw=0)
     by_file = {img['id']: int(img['file_name'][:-4]) for img in folder.images}
     assert len(folder.results) == len(detected.results) > 0

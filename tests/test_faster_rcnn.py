@@ -104,7 +104,8 @@ def test_proposals_are_the_greedy_per_level_nms_of_the_best_anchors():
 # ----------------------------------------------------------------------------------------- training
 def test_anchor_sizes_are_quantiles_of_the_training_boxes(env):
     import tensorflow_datasets as tfds
-    from adapt.models.data_settings import split_boxes, with_data_settings
+    from adapt.models.data_settings import split_boxes
+    from adapt.models.families import with_data_settings
     config = frcnn_config()
     config.faster_rcnn.model.anchor_sizes = None
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])

@@ -129,8 +129,9 @@ def test_inception_features_from_a_weights_file(tmp_path):
 def test_backbone_features_from_a_detector_workdir(tmp_path):
     """The loader asks the run's detector where its backbone lives (here an SSD's
     params['features']['backbone']): it must give the same features as the saved backbone."""
-    from adapt.models.detector import build_detector
-    from adapt.models.frozen_features import from_detector_workdir, random_features
+    from adapt.models.families import build_detector
+    from adapt.models.frozen_features import random_features
+    from adapt.run_models import detector_features
     from adapt.runs import RunError, write_run
     from adapt.training import Checkpointer
     from tests.tiny_config import tiny_config
@@ -148,7 +149,7 @@ def test_backbone_features_from_a_detector_workdir(tmp_path):
     ckpt = Checkpointer(str(tmp_path / 'checkpoints'))
     ckpt.save(7, state)
     ckpt.close()
-    loaded = from_detector_workdir(str(tmp_path), levels=('C3', 'C4'))
+    loaded = detector_features(str(tmp_path), levels=('C3', 'C4'))
     assert 'step 7' in loaded.source
     images = _images(10, (2, 64, 64, 3))
     other = random_features('resnet18', 0.125, levels=('C3', 'C4'), seed=4)
@@ -156,4 +157,4 @@ def test_backbone_features_from_a_detector_workdir(tmp_path):
         np.testing.assert_allclose(loaded(images)[level], saved(images)[level], rtol=1e-5, atol=1e-6)
         assert not np.allclose(other(images)[level], saved(images)[level])
     with pytest.raises(RunError, match='run.json'):
-        from_detector_workdir(str(tmp_path / 'checkpoints'))
+        detector_features(str(tmp_path / 'checkpoints'))

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from adapt.methods.trainer import setup
-from adapt.models.detector import build_detector
+from adapt.run_models import build_detector, load_generator
 from adapt.models.unit import UNIT, to_model
-from adapt.runs import load_run
 from tests.test_methods import _assert_trees, _batch, _stepper
 from tests.tiny_config import tiny_config
 
@@ -30,10 +29,10 @@ def _config(unit_run, method='shared_latent', **shared_latent):
 
 @pytest.fixture(scope='module')
 def built(unit_run):
-    """(detector, its initial variables, the UNIT run's (UNITConfig, generator params))."""
+    """(detector, its initial variables, the UNIT run's generator)."""
     detector = build_detector(_config(unit_run), 3)
     key = jax.random.key(0, impl='rbg')  # init_state's key: its init program is then compiled once
-    return detector, jax.device_get(detector.init(key)), load_run(unit_run, 'unit').unit_generator()
+    return detector, jax.device_get(detector.init(key)), load_generator(unit_run)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -48,11 +47,11 @@ def _unit_encode(cfg, generator, images, domain):
 
 
 def test_init_puts_the_unit_encoders_in_place_bit_identically(built):
-    detector, variables, (_, generator) = built
+    detector, variables, generator = built
     encoder = variables['params']['features']['encoder']
     assert set(encoder) == set(PARTS)                          # both fronts, whichever route was built
     for part in PARTS:
-        jax.tree.map(np.testing.assert_array_equal, encoder[part], generator[part])
+        jax.tree.map(np.testing.assert_array_equal, encoder[part], generator.params[part])
     assert {'cls0', 'box0', 'cls1', 'box1'} <= set(variables['params'])
     assert set(variables['batch_stats']['features']) == {'extra0_bn0', 'extra0_bn1'}
     assert detector.feature_levels == ('latent', 'extra0') and detector.alignment_level == 'latent'
@@ -63,10 +62,10 @@ def test_init_puts_the_unit_encoders_in_place_bit_identically(built):
     ('night', ('target', 'validation_night'), ('source', 'validation_day', 'validation_dusk')),
 ])
 def test_each_input_goes_through_its_own_domains_encoder(built, unit_run, target_inputs, night_names, day_names):
-    _, variables, (cfg, generator) = built
+    _, variables, generator = built
     detector = build_detector(_config(unit_run, target_inputs=target_inputs), 3)
     images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
-    want = {d: np.asarray(_unit_encode(cfg, generator, images, d)) for d in 'ab'}
+    want = {d: np.asarray(_unit_encode(generator.config, generator.params, images, d)) for d in 'ab'}
     assert np.abs(want['a'] - want['b']).max() > 1e-3              # the two encoders differ
     for domain, names in (('b', night_names), ('a', day_names)):
         routed = detector.for_input(names[0])
@@ -89,6 +88,9 @@ def test_the_variant_picks_the_head(unit_run):
     assert retinanet.matcher['unmatched_threshold'] == 0.4
     with pytest.raises(ValueError, match="shared_latent.variant 'yolo'; valid choices: ssd, retinanet"):
         build_detector(_config(unit_run, variant='yolo'), 3)
+    from adapt.models import families  # models read no run store: the generator is given to them
+    with pytest.raises(ValueError, match='shared_latent reads the UNIT generator of shared_latent.unit_run'):
+        families.build_detector(_config(unit_run), 3)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adapt.evaluation import detections_to_results, evaluate_coco, ground_truth_from_arrays
-from adapt.models.detector import build_detector
+from adapt.models.families import build_detector
 from adapt.models.ssd import SSD, class_scores, level_ratios
 from tests.tiny_config import RATIOS, tiny_config
 

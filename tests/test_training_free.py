@@ -236,9 +236,10 @@ def _leaves(tree):
 
 
 def test_adabn_on_the_tiny_ssd_changes_every_batchnorm_statistic_and_no_weight(source_run):
+    from adapt.run_models import run_detector
     from adapt.runs import load_run
     run = load_run(source_run[0], 'detector')
-    detector, variables = run.detector(), run.variables()
+    detector, variables = run_detector(run), run.variables()
     rng = np.random.default_rng(4)
     size = tuple(detector.image_size)
     batches = [{'image': rng.uniform(0, 0.3, (4, *size, 3)).astype(np.float32), 'valid': np.array(v, bool)}
@@ -259,10 +260,10 @@ def test_adabn_on_the_tiny_ssd_changes_every_batchnorm_statistic_and_no_weight(s
 
 # ---------------------------------------------------------------------------------------- 5. the wrapper
 def test_translated_detector_equals_the_inner_detector_on_frames_translated_apart(source_run, unit_run):
-    from adapt.methods.translation import make_translate_fn
-    from adapt.models.detector import build_detector
     from adapt.models.inference import make_predict_fn
     from adapt.models.translated import TranslatedDetector
+    from adapt.models.unit import make_translate_fn
+    from adapt.run_models import build_detector, load_generator, run_detector
     from adapt.runs import load_run
     from adapt.training.parallel import shard_batch
     run = load_run(source_run[0], 'detector')
@@ -270,15 +271,15 @@ def test_translated_detector_equals_the_inner_detector_on_frames_translated_apar
     config.detector = 'translated'
     config.translated.update(dict(detector='ssd', transform='unit', unit_run=unit_run))
     wrapped = build_detector(config, len(run.class_names))
-    inner, variables = run.detector(), run.variables()
+    inner, variables = run_detector(run), run.variables()
     assert isinstance(wrapped, TranslatedDetector) and wrapped.transform_name == 'unit'
     assert (wrapped.image_size, wrapped.num_classes) == (inner.image_size, inner.num_classes)
     shapes = jax.eval_shape(wrapped.init, jax.random.key(0))                 # the wrapped detector's variables
     assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(np.shape, variables)
 
     images = np.random.default_rng(5).uniform(0, 0.4, (4, *inner.image_size, 3)).astype(np.float32)
-    cfg, gen = load_run(unit_run, 'unit').unit_generator()
-    translated = np.asarray(make_translate_fn(cfg, 'b', 'a')(gen, images))   # night (b) -> day (a)
+    generator = load_generator(unit_run)
+    translated = np.asarray(make_translate_fn(generator.config, 'b', 'a')(generator.params, images))  # night -> day
     assert translated.shape == images.shape and np.abs(translated - images).mean() > 0.05
     # the evaluator's predict function (apply + postprocess, data parallel): the inner one's program is the
     # source run's evaluation program, which the session's compilation cache holds
@@ -317,7 +318,7 @@ def test_prepare_hooks_wrap_the_detector_and_fill_the_transform_settings(env, un
 
     from adapt.methods import training_free
     from adapt.methods.trainer import setup
-    from adapt.models.detector import build_detector
+    from adapt.models.families import build_detector
     from adapt.models.translated import TranslatedDetector
     from tests.tiny_config import get_config, tiny_config
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])
@@ -363,11 +364,14 @@ def test_prepare_hooks_wrap_the_detector_and_fill_the_transform_settings(env, un
 
     block = get_config().translated
     for transform, needle in (('gamma', 'target_mean is not set'), ('histeq', 'target_cdf needs 256 values'),
-                              ('unit', 'unit_run is not set'), ('sepia', 'sepia')):
+                              ('unit', 'needs the generator of translated.unit_run'), ('sepia', 'sepia')):
         block.transform = transform
         with pytest.raises(Exception, match=needle) as error:
             T.build_transform(block)
         assert '\n' not in str(error.value)
+    from adapt.run_models import build_detector as build_with_runs  # loads the UNIT run the config names
+    with pytest.raises(ValueError, match='translated.unit_run is empty: set it to a finished train_unit workdir'):
+        build_with_runs(training_free.wrapped(get_config(), 'unit', unit_run=''), 3)
 
 
 def _train(method, source_run, env, workdir):
@@ -410,8 +414,9 @@ def test_gamma_end_to_end_wraps_the_frozen_detector_with_the_day_mean(source_run
     assert any('luminance statistics of validation_day' in line for line in lines)
 
     from adapt.models.translated import TranslatedDetector
+    from adapt.run_models import run_detector
     run = _assert_step0_run(tmp_path, record, 'gamma')
-    detector = run.detector()
+    detector = run_detector(run)
     assert isinstance(detector, TranslatedDetector) and detector.transform_name == 'gamma'
     grey = np.full((1, 4, 4, 3), 0.2, np.float32)                          # closed form: reaches the day mean
     np.testing.assert_allclose(np.asarray(detector.transform(jnp.asarray(grey))), block['target_mean'], rtol=1e-5)

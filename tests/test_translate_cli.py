@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scr
 import unit_tiny  # noqa: E402
 
 from adapt.methods import translation  # noqa: E402
-from adapt.models.unit import UNITConfig  # noqa: E402
+from adapt.models.unit import UNITConfig, make_translate_fn  # noqa: E402
 from adapt.runs import write_run  # noqa: E402
 from adapt.training import Checkpointer  # noqa: E402
 
@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
 
 
 def _expected(cfg, params, images, source, target):
-    return np.round(np.asarray(translation.make_translate_fn(cfg, source, target)(params, images)) * 255)
+    return np.round(np.asarray(make_translate_fn(cfg, source, target)(params, images)) * 255)
 
 
 def test_translate_folder_keeps_names_and_sizes(setup):

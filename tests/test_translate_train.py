@@ -12,9 +12,10 @@ import tensorflow_datasets as tfds
 
 from adapt.datasets.two_domain import TRAIN_FIELDS
 from adapt.methods import translate_train
+from adapt.run_models import load_generator
 from adapt.methods.trainer import data_iterator, run_record, setup, train_data
 from adapt.models.unit import UNIT
-from adapt.runs import load_run, write_run
+from adapt.runs import write_run
 from tests.tiny_config import tiny_config
 
 SPLIT = 'train_day'
@@ -37,10 +38,9 @@ def _source(builder):
 
 
 def _reference(generator, image_uint8):
-    """The generator (`Run.unit_generator()`) applied directly (z = mu, a -> b) to one stored image, as uint8."""
-    cfg, gen = generator
+    """The generator (adapt.models.unit.Generator) applied directly (z = mu, a -> b) to one stored image, as uint8."""
     x = jnp.asarray(image_uint8[None], jnp.float32) / 255.0 * 2.0 - 1.0
-    y = UNIT(cfg).apply({'params': gen}, x, 'a', 'b', method=UNIT.translate)
+    y = UNIT(generator.config).apply({'params': generator.params}, x, 'a', 'b', method=UNIT.translate)
     return np.round(np.clip((np.asarray(y[0]) + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -92,7 +92,7 @@ def test_translations_equal_the_generator_keep_the_boxes_and_are_written_once(bu
     assert data.split is None and data.num_examples == len(source) == 4
     assert data.record == {'translated_source': {'split': SPLIT, 'translator': run, 'step': 0, 'num_images': 4,
                                                  'cache': path}}
-    translated, generator = _decoded(data), load_run(run, 'unit').unit_generator()
+    translated, generator = _decoded(data), load_generator(run)
     assert len(translated) == len(source)
     for (image, objects), original in zip(translated, source):
         assert image.shape == original['image'].shape == (64, 64, 3)   # the stored image's own resolution

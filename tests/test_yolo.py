@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adapt.evaluation import detections_to_results, evaluate_coco, ground_truth_from_arrays
-from adapt.models.detector import build_detector
+from adapt.models.families import build_detector
 from adapt.models.yolo import derive_priors, score_logits
 from adapt.priors import kmeans_priors
 from tests.test_methods import _assert_trees, _batch, _stepper
@@ -286,20 +286,22 @@ def test_derived_priors_are_stored_and_a_loaded_run_rebuilds_the_detector(env, t
     """What adapt.methods.trainer.train does before it trains: the None priors become k-means priors of the
     source split's boxes, run.json stores them, and the run read back builds a detector with them."""
     import tensorflow_datasets as tfds
-    from adapt.models.data_settings import split_boxes, with_data_settings
+    from adapt.models.data_settings import split_boxes
+    from adapt.models.families import with_data_settings
     from adapt.priors import box_shapes
+    from adapt.run_models import run_detector
     from adapt.runs import Run, read_run, write_run
     config = yolo_config(anchors=None, dataset='daynight_synth/tiny')
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])
     boxes = split_boxes(builder, 'train_day')
     lines = []
-    filled = with_data_settings(config, builder, lines.append)
+    filled = with_data_settings(config, builder, print_fn=lines.append)
     assert config.yolo.model.anchors is None and lines == [f'yolo: anchors from {len(boxes)} boxes of train_day']
     want = kmeans_priors(box_shapes(boxes), 6)
     write_run(str(tmp_path), 'detector', filled, class_names=['a', 'b', 'c'])
     stored = json.load(open(tmp_path / 'run.json'))['config']['yolo']['model']['anchors']
     np.testing.assert_allclose(np.concatenate(stored), want, rtol=1e-12)
-    detector = Run(str(tmp_path), read_run(str(tmp_path), 'detector'), 0, {}).detector()
+    detector = run_detector(Run(str(tmp_path), read_run(str(tmp_path), 'detector'), 0, {}))
     np.testing.assert_allclose(np.concatenate(detector.grid.priors), want, rtol=1e-12)
     np.testing.assert_allclose(detector.grid.boxes[:3, 2:] - detector.grid.boxes[:3, :2], want[:3, ::-1], rtol=1e-5)
     unresolved = build_detector(config, 3)  # what the scripts build to check a preset before the run starts

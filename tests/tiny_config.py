@@ -1,17 +1,18 @@
-"""Tiny detector presets for fast tests: the quick preset's keys, 32-px images and a width-0.125 ResNet with
-one block per stage (a ResNet-10: half of ResNet-18's layers, so about half its compile time).
+"""Tiny detector presets for fast tests: the keys of experiments.configs.common's base config, 32-px images and a
+width-0.125 ResNet with one block per stage (a ResNet-10: half of ResNet-18's layers, so about half its compile
+time).
 
 `tiny_config()` is for in-process tests; `get_config()` makes this file a preset the experiment scripts
 load (`--config=tests/tiny_config.py`, see tests/script_runner.py).
 """
-from experiments.configs import ssd_quick
+from experiments.configs import common
 
 RATIOS = ((2.0,), (2.0, 3.0), (2.0,))
 RESNET10 = {'stage_sizes': (1, 1, 1, 1)}
 
 
 def tiny_config(size=32, detector='ssd', levels=('C3', 'C4'), **overrides):
-    c = ssd_quick.get_config()
+    c = common.base_config()
     c.detector = detector
     c.image_size = size
     c.batch_size = 8

@@ -41,7 +41,7 @@ def frame_costs(config, num_classes, sizes, steps=5, warmup=1):
     detection alone -> [{'size', 'part', 'ms', 'gflops'}]."""
     import jax
     import ml_collections
-    from adapt.models.detector import build_detector
+    from adapt.run_models import build_detector
     from adapt.models.translated import TranslatedDetector
     rows = []
     for h, w in sizes:

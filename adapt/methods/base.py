@@ -33,6 +33,10 @@
   prepare(config, source_builder, target_builder, print_fn) -> config: rewrites the run's config before
     anything is built (e.g. wraps the detector in a frozen input transform whose statistics it takes from
     source frames); run.json stores the result, so a loaded run rebuilds the same detector.
+  unit_run_setting: the config setting through which it reads a finished UNIT run ('translator', or
+    'shared_latent.unit_run' for the shared_latent detector's encoders); '' = none. The protocol points it
+    at its own UNIT stage's run.
+  trains_detector: False for a method that takes no optimizer step (it changes or wraps init_run's detector).
 """
 from __future__ import annotations
 
@@ -69,6 +73,8 @@ class Method:
     reinit: str = ''
     target_data: Callable | None = None
     prepare: Callable | None = None
+    unit_run_setting: str = ''
+    trains_detector: bool = True
 
     @property
     def uses_target_labels(self) -> bool:

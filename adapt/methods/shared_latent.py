@@ -9,8 +9,7 @@ parameters stay bit-identical); on, it is fine-tuned with the head.
 from __future__ import annotations
 
 from adapt.methods.base import Method, register_method
-from adapt.models.shared_latent import unit_config
-from adapt.runs import RunError
+from adapt.runs import RunError, read_run
 
 
 def configure(config) -> Method:
@@ -19,8 +18,10 @@ def configure(config) -> Method:
     if config.detector != 'shared_latent':
         raise ValueError('method shared_latent trains the shared_latent detector: add --config.detector=shared_latent '
                          '(or use experiments/configs/shared_latent_quick.py)')
+    if not config.shared_latent.unit_run:
+        raise ValueError('shared_latent.unit_run is empty: set it to a finished train_unit workdir')
     try:
-        unit_config(config.shared_latent.unit_run)
+        read_run(config.shared_latent.unit_run, 'unit')
     except RunError as error:
         raise ValueError(f'shared_latent.unit_run: {error}') from None
     return SHARED_LATENT
@@ -29,4 +30,4 @@ def configure(config) -> Method:
 SHARED_LATENT = register_method(Method(
     'shared_latent', 'a detection head on the UNIT shared latent space (shared_latent.unit_run), trained on '
     'source labels through the day encoder; night inputs go through the night encoder',
-    supervised=('source',), configure=configure))
+    supervised=('source',), configure=configure, unit_run_setting='shared_latent.unit_run'))

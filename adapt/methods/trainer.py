@@ -23,9 +23,9 @@ from adapt.datasets.two_domain import TRAIN_FIELDS, ZipIterator
 from adapt.evaluation.detector_eval import Evaluator, class_names, ema_variables, state_variables
 from adapt.methods.base import DOMAINS, StepContext, TrainData, get_method, resolve_terms
 from adapt.methods.step import active_domains, make_step, where_path
-from adapt.models.data_settings import with_data_settings
-from adapt.models.detector import build_detector
-from adapt.runs import load_run, write_run
+from adapt.models.families import missing_settings, with_data_settings
+from adapt.run_models import build_detector
+from adapt.runs import load_run, read_run, write_run
 from adapt.training import TrainState, make_mesh, to_host, train_loop
 from adapt.training.config import image_size, loop_config, optimizer_config
 from adapt.training.optim import OptimizerConfig, make_optimizer
@@ -258,13 +258,20 @@ def fit(run: TrainRun):
         data.close()
 
 
+def _init_config(config):
+    """The run.json config of `init_run` when the data-derived settings need it (None otherwise)."""
+    if not (config.get('init_run') and missing_settings(config)):
+        return None
+    return read_run(config.init_run, 'detector')['config']
+
+
 def train(config, source_builder, target_builder=None, workdir='', *, data_dir=None, on_step=None, print_fn=None):
     """Train (or resume) in `workdir`, then evaluate the final model(s); returns {label: metrics} (label: the
     split, or '<model>/<split>' when several models are evaluated, see `evaluated_models`).
     `on_step(step)` runs after every step (see train_loop). The family's data-derived settings left None
-    are filled first (adapt.models.data_settings) and stored in run.json. Raises NonFiniteError on a NaN/Inf."""
+    are filled first (adapt.models.families) and stored in run.json. Raises NonFiniteError on a NaN/Inf."""
     target_builder = target_builder or source_builder
-    config = with_data_settings(config, source_builder, print_fn or print)
+    config = with_data_settings(config, source_builder, _init_config(config), print_fn or print)
     method = get_method(config.method)
     if method.prepare is not None:
         if method.configure is not None:

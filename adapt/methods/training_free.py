@@ -57,8 +57,8 @@ def prepare_histeq(config, source_builder, target_builder, print_fn=print):
 
 
 def prepare_translation(config, source_builder, target_builder, print_fn=print):
-    from adapt.models.input_transforms import unit_step
-    step = unit_step(config.translator, config.translated.get('unit_step'))
+    from adapt.run_models import load_generator
+    step = load_generator(config.translator, config.translated.get('unit_step')).step
     print_fn(f'online translation: night -> day by {config.translator} at step {step}')
     return wrapped(config, 'unit', unit_run=config.translator, unit_step=step)
 
@@ -125,12 +125,13 @@ def untrained(name: str, description: str, **hooks) -> Method:
     def configure(config):
         check_settings(config, name)
         return method
-    method = Method(name, description, supervised=(), **{'fit': fit_untrained, 'configure': configure, **hooks})
+    method = Method(name, description, supervised=(), trains_detector=False,
+                    **{'fit': fit_untrained, 'configure': configure, **hooks})
     return register_method(method)
 
 
 untrained('online_translation', 'night -> day translation of every frame by a frozen UNIT generator in front '
-          'of the frozen detector (Day2Night)', prepare=prepare_translation)
+          'of the frozen detector (Day2Night)', prepare=prepare_translation, unit_run_setting='translator')
 untrained('gamma', 'gamma correction of every frame to the day mean luminance, frozen detector',
           prepare=prepare_gamma)
 untrained('histeq', 'histogram matching of every frame to the day luminance histogram, frozen detector',

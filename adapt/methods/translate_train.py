@@ -25,7 +25,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adapt.methods.base import Method, TrainData, register_method
-from adapt.methods.translation import make_translate_fn
+from adapt.models.unit import make_translate_fn
+from adapt.run_models import run_generator
 from adapt.runs import RunError, load_run
 
 # Pixels translated per call: batches of large images get fewer images, so memory stays bounded
@@ -127,8 +128,8 @@ def translated_source(builder, split: str, translator: str, batch_size: int,
     path = cache_path(translator, builder, split, run.step)
     num_examples = builder.info.splits[split].num_examples
     if not os.path.exists(path):
-        cfg, gen_params = run.unit_generator()
-        translate = functools.partial(make_translate_fn(cfg, 'a', 'b'), gen_params)
+        generator = run_generator(run)
+        translate = functools.partial(make_translate_fn(generator.config, 'a', 'b'), generator.params)
         print_fn(f'translate_train: translating {num_examples} images of {builder.info.full_name} {split} with '
                  f'{translator} (step {run.step}), once')
         examples = tfds.as_numpy(source_examples(builder, split))
@@ -154,4 +155,4 @@ def configure(config) -> Method:
 TRANSLATE_TRAIN = register_method(Method(
     'translate_train', 'labelled source + the source translated to the target by a frozen UNIT '
     '(--config.translator), with the source labels', supervised=('source', 'target'), own_target_labels=True,
-    configure=configure))
+    configure=configure, unit_run_setting='translator'))

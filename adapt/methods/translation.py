@@ -33,8 +33,9 @@ from adapt.datasets.pipeline import DetectionPipeline
 from adapt.datasets.two_domain import TRAIN_FIELDS, ZipIterator
 from adapt.losses.detection_aware import labelled_cycle, semantic_consistency
 from adapt.losses.gan import DEFAULT_WEIGHTS, unit_discriminator_loss, unit_generator_loss
-from adapt.models.unit import UNIT, Discriminators, UNITConfig, from_model, init_params, to_model
-from adapt.runs import write_run
+from adapt.models.unit import UNIT, Discriminators, UNITConfig, from_model, init_params, make_translate_fn, to_model
+from adapt.run_models import run_detector
+from adapt.runs import load_run, write_run
 from adapt.training import MultiTrainState, mean_value_and_grad, train_loop
 from adapt.training.config import image_size, loop_config, optimizer
 from adapt.training.metrics_log import make_grid
@@ -115,9 +116,8 @@ class FrozenDetector:
 
 
 def frozen_detector(workdir: str) -> FrozenDetector:
-    from adapt.runs import load_run
     run = load_run(workdir, 'detector')
-    return FrozenDetector(run.detector(), jax.tree.map(np.asarray, run.variables()), f'{workdir} step {run.step}')
+    return FrozenDetector(run_detector(run), jax.tree.map(np.asarray, run.variables()), f'{workdir} step {run.step}')
 
 
 def make_train_step(cfg: UNITConfig, weights=DEFAULT_WEIGHTS, gan_kind: str = 'lsgan', features=None,
@@ -208,29 +208,7 @@ def make_train_step(cfg: UNITConfig, weights=DEFAULT_WEIGHTS, gan_kind: str = 'l
     return step
 
 
-# ------------------------------------------------------------------------------------- inference
-def pad_to_multiple(images, multiple: int):
-    """Reflect-pad [B, H, W, C] at the bottom/right to sides divisible by `multiple`; returns (padded, (H, W))."""
-    h, w = images.shape[1:3]
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        images = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode='reflect')
-    return images, (h, w)
-
-
-def make_translate_fn(cfg: UNITConfig, source: str, target: str):
-    """jit-ed `translate(gen_params, images01 [B, H, W, 3]) -> images01` (z = mu), any image size."""
-    model = UNIT(cfg)
-
-    @jax.jit
-    def translate(gen_params, images01):
-        x, (h, w) = pad_to_multiple(to_model(images01), cfg.stride)
-        y = model.apply({'params': gen_params}, x, source, target, method=UNIT.translate)
-        return from_model(y[:, :h, :w])
-
-    return translate
-
-
+# ----------------------------------------------------------------------------------------- grids
 def make_grid_fn(cfg: UNITConfig):
     """`grids(gen_params, a01, b01) -> {'day2night': [1, H', W', 3], 'night2day': ...}` in [0, 1]:
     one row per example, columns input | reconstruction | translation | cycle (deterministic path)."""

@@ -1,7 +1,8 @@
 """The detector interface and the registry of detector families.
 
-A detector family (SSD, RetinaNet, ...) registers a builder `build(config, num_classes) -> Detector` under
-its name; `config.detector` names the family and `config[name]` is the family's own settings block. The
+A detector family (SSD, RetinaNet, ...) is a builder `build(config, num_classes, generator=None) -> Detector`
+registered under its name (the built-in ones in adapt.models.families, which also builds them);
+`config.detector` names the family and `config[name]` is the family's own settings block. The
 train step, the evaluator, inference and the frozen-feature code use only this interface:
 
   init(key) -> variables {'params', 'batch_stats'}
@@ -78,18 +79,3 @@ class Detector(abc.ABC):
     def dense_scores(self, outputs):
         return outputs['cls_logits'], self.score_kind
 
-
-def detector_families() -> list:
-    """The registered family names, the built-in ones registered first."""
-    import adapt.models.ssd  # noqa: F401
-    import adapt.models.shared_latent  # noqa: F401
-    import adapt.models.yolo  # noqa: F401
-    import adapt.models.faster_rcnn  # noqa: F401
-    import adapt.models.translated  # noqa: F401
-    return DETECTORS.names()
-
-
-def build_detector(config, num_classes: int) -> Detector:
-    """The family `config.detector` built from its block `config[config.detector]`."""
-    detector_families()
-    return DETECTORS.get(config.detector)(config, num_classes)

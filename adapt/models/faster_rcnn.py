@@ -39,8 +39,7 @@ from adapt.boxes import clip_boxes, decode_boxes
 from adapt.losses.adaptation import global_mean
 from adapt.losses.detection import smooth_l1
 from adapt.models.backbones import BACKBONES, FEATURE_STRIDES, preprocess
-from adapt.models.data_settings import register_data_settings
-from adapt.models.detector import DETECTORS, Detector
+from adapt.models.detector import Detector
 from adapt.models.layers import conv_init
 from adapt.models.rpn import ProposalSettings, RPNHead, propose, rpn_loss, sampled_targets
 from adapt.models.ssd import SSDDetector
@@ -149,7 +148,7 @@ class FasterRCNN(nn.Module):
       levels: backbone maps ('C2' = stride 4, ...): the FPN's inputs, or the one map RPN and RoIs read without it.
       fpn, fpn_channels, pool_level: the FPN; `pool_level` adds a stride-2 subsampled last level for the RPN.
       anchor_sizes: anchor sides in input pixels: one per RPN level with the FPN, any number (each at every
-        location) at the one level without; None until set or derived from the data (adapt.models.data_settings).
+        location) at the one level without; None until set or derived from the data (adapt.models.families).
       anchor_ratios: width / height of the anchors, at every level.
       head_dim: width of the RoI head's two FC layers; instance_top_k: proposals whose RoI features are the
         instances.
@@ -197,7 +196,7 @@ class FasterRCNN(nn.Module):
                              f'{", ".join(FEATURE_STRIDES)}, got {tuple(self.levels)}')
         if self.anchor_sizes is None:
             raise ValueError(f'{FAMILY}: model.anchor_sizes is None: set it, or let adapt.methods.trainer.train derive '
-                             'it from the training boxes (adapt.models.data_settings)')
+                             'it from the training boxes (adapt.models.families)')
         if self.fpn and len(self.anchor_sizes) != len(self.rpn_levels):
             raise ValueError(f'{FAMILY}: with the FPN, anchor_sizes needs one size per RPN level '
                              f'{self.rpn_levels}, got {tuple(self.anchor_sizes)}')
@@ -424,11 +423,8 @@ def build(config, num_classes, axis_name='data'):
                               sampling(rpn), sampling(roi), section(block, 'loss'), section(block, 'postprocess'))
 
 
-DETECTORS.register(FAMILY)(build)
 
-
-@register_data_settings(FAMILY, ('anchor_sizes',))
-def anchor_sizes_from_boxes(model, boxes, image_size):
+def derive_anchor_sizes(model, boxes, image_size):
     """Anchor sides (input pixels) at evenly spaced quantiles of the training boxes' sqrt(area): one per RPN
     level with the FPN (smallest on the finest), three at the one level without."""
     levels = len(model['levels']) + bool(model.get('pool_level', False)) if model.get('fpn', True) else 3

@@ -3,8 +3,8 @@
 `FrozenFeatures(images01) -> {level: [B, h, w, c]}` runs a backbone of `adapt.models.backbones` in inference
 mode (BatchNorm running statistics) on images in [0, 1], with its variables held constant (no gradient
 reaches them; gradients do flow to the images). Two sources of weights:
-  `from_detector_workdir(workdir)`: the backbone of any finished detector run (through the detector
-      interface: the run's family knows where its backbone lives);
+  `from_detector(detector, variables)`: the backbone of any trained detector (through the detector
+      interface: the family knows where its backbone lives; adapt.run_models.detector_features reads a run's);
   `random_features(name, ...)`: a seeded random initialisation (deterministic, for tests and as a last
       resort; such features are far weaker than trained ones).
 """
@@ -48,12 +48,8 @@ def random_features(name: str = 'resnet18', width: float = 0.25, levels: Sequenc
                           tuple(levels), f'random {name} x{width} (seed {seed})')
 
 
-def from_detector_workdir(workdir: str, levels: Sequence[str] = ('C3', 'C4'),
-                          step: int | None = None) -> FrozenFeatures:
-    """The backbone of the detector run in `workdir` (run.json + checkpoints/, latest step)."""
-    from adapt.runs import load_run
-    run = load_run(workdir, 'detector', step)
-    name, module, variables = run.detector().backbone(run.variables())
+def from_detector(detector, variables, levels: Sequence[str] = ('C3', 'C4'), source: str = '') -> FrozenFeatures:
+    """The backbone of a trained detector (its family knows where the backbone lives in `variables`)."""
+    name, module, variables = detector.backbone(variables)
     variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-    return FrozenFeatures(name, module, jax.tree.map(np.asarray, variables), tuple(levels),
-                          f'detector {workdir} step {run.step}')
+    return FrozenFeatures(name, module, jax.tree.map(np.asarray, variables), tuple(levels), source)

@@ -10,8 +10,9 @@ domain: it cannot know whether a frame is night, so day and dusk frames are tran
 gamma's and histeq's targets are statistics of day frames (`luminance_statistics`), chosen on a labelled
 source split that is not a test split (the day validation split by default).
 
-`build_transform(block) -> images01 [B, H, W, 3] -> images01` reads the wrapper's config block
-(`transform` and that transform's settings); every transform is a pure jnp function of constants.
+`build_transform(block, generator) -> images01 [B, H, W, 3] -> images01` reads the wrapper's config block
+(`transform` and that transform's settings; `generator`: unit's adapt.models.unit.Generator); every
+transform is a pure jnp function of constants.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapt.models.unit import make_translate_fn
 from adapt.registry import Registry
 
 TRANSFORMS = Registry('input transform')
@@ -77,43 +79,28 @@ def luminance_statistics(batches) -> dict:
 
 # ----------------------------------------------------------------------------------------- registry
 @TRANSFORMS.register('gamma')
-def _gamma(block):
+def _gamma(block, generator):
     if block.get('target_mean') is None:
         raise ValueError('translated.target_mean is not set: the gamma method fills it from day frames')
     return functools.partial(gamma_correct, target_mean=float(block.target_mean))
 
 
 @TRANSFORMS.register('histeq')
-def _histeq(block):
+def _histeq(block, generator):
     if len(block.get('target_cdf') or ()) != LEVELS:
         raise ValueError(f'translated.target_cdf needs {LEVELS} values: the histeq method fills it from day frames')
     return functools.partial(histogram_match, target_cdf=np.asarray(block.target_cdf, np.float32))
 
 
-@functools.lru_cache(maxsize=4)
-def _unit_generator(workdir: str, step):
-    from adapt.runs import load_run
-    run = load_run(workdir, 'unit', step)
-    cfg, params = run.unit_generator()
-    return cfg, jax.tree.map(np.asarray, params), run.step
-
-
 @TRANSFORMS.register('unit')
-def _unit(block):
-    """Night (b) -> day (a) with the generator of `unit_run` at `unit_step` (None: the latest)."""
-    from adapt.methods.translation import make_translate_fn
-    if not block.get('unit_run'):
-        raise ValueError('translated.unit_run is not set: a finished train_unit workdir')
-    cfg, params, _ = _unit_generator(block.unit_run, block.get('unit_step'))
-    translate = make_translate_fn(cfg, 'b', 'a')
-    return lambda images01: translate(params, images01)
+def _unit(block, generator):
+    """Night (b) -> day (a) with `generator` (the UNIT run of `unit_run` at `unit_step`)."""
+    if generator is None:
+        raise ValueError('translated.transform unit needs the generator of translated.unit_run')
+    translate = make_translate_fn(generator.config, 'b', 'a')
+    return lambda images01: translate(generator.params, images01)
 
 
-def unit_step(workdir: str, step=None) -> int:
-    """The checkpoint step a unit transform of `workdir` uses (pinned in run.json when a run is made)."""
-    return _unit_generator(workdir, step)[2]
-
-
-def build_transform(block):
+def build_transform(block, generator=None):
     """The transform `block.transform` with its settings; ValueError (one line) when they are missing."""
-    return TRANSFORMS.get(block.transform)(block)
+    return TRANSFORMS.get(block.transform)(block, generator)

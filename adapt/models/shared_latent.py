@@ -1,6 +1,6 @@
 """shared_latent: SSD's head on the UNIT shared latent space (the lectures' shared latent feature space).
 
-A finished UNIT run (`adapt.runs.load_run(workdir, 'unit')`) maps day images (domain a) and night images
+A finished UNIT run's generator (`adapt.models.unit.Generator`) maps day images (domain a) and night images
 (domain b) through their own encoder fronts into one shared latent space. The detector reads that latent
 map: `latent = shared_encoder(front(to_model(images01), domain))` (stride 2**n_downsample), then SSD's
 extra stride-2 layers, with SSD's (softmax) or RetinaNet's (sigmoid) head on 'latent', 'extra0', ...
@@ -9,7 +9,7 @@ encoder: `for_input(name)` routes a training domain or evaluation split to the e
 
 Variables: the encoder sits under 'features/encoder' with the UNIT generator's names ('enc_a', 'enc_b',
 'enc_shared'), both fronts always present, so one variable set fits both routes and `init` puts the UNIT
-run's parameters in place by key. With `train_encoder` off the encoder is a fixed feature extractor: no
+generator's parameters in place by key. With `train_encoder` off the encoder is a fixed feature extractor: no
 gradient flows into it (the backward pass stops at the latent map), and `frozen_params` freezes it in the
 optimizer under any method, so weight decay cannot move it either.
 
@@ -26,10 +26,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from adapt.models.detector import DETECTORS
 from adapt.models.ssd import SSD, VARIANTS, SSDDetector, detector_settings, extra_layers, model_fields
-from adapt.models.unit import UNIT, UNITConfig, to_model
-from adapt.runs import load_run, read_run
+from adapt.models.unit import UNIT, Generator, UNITConfig, to_model
 from adapt.training.config import image_size as config_image_size
 
 ENCODER = 'encoder'  # the encoder's scope under 'features' (the UNIT generator's names below it)
@@ -85,9 +83,10 @@ def input_domain(name: str, target_inputs) -> str:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SharedLatentDetector(SSDDetector):
-    """SSDDetector on a `SharedLatentSSD`; `unit_run`: the UNIT workdir whose encoders `init` loads;
-    `routes`: {domain: detector}, shared by the detectors `for_input` returns (built once each)."""
-    unit_run: str = ''
+    """SSDDetector on a `SharedLatentSSD`; `generator_params`: the UNIT generator parameters whose encoders
+    `init` puts in place; `routes`: {domain: detector}, shared by the detectors `for_input` returns (built
+    once each)."""
+    generator_params: Any = dataclasses.field(default=None, repr=False)
     target_inputs: tuple = ('night', 'dusk')
     routes: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -106,11 +105,10 @@ class SharedLatentDetector(SSDDetector):
         return () if self.model.train_encoder else (FROZEN_ENCODER,)
 
     def init(self, key):
-        """A fresh head (extra layers included) on the UNIT run's encoder parameters, copied as they are."""
+        """A fresh head (extra layers included) on the UNIT generator's encoder parameters, copied as they are."""
         variables = super().init(key)
-        _, generator = load_run(self.unit_run, 'unit').unit_generator()
         params = variables['params']
-        encoder = {part: generator[part] for part in params['features'][ENCODER]}
+        encoder = {part: self.generator_params[part] for part in params['features'][ENCODER]}
         return {**variables, 'params': {**params, 'features': {**params['features'], ENCODER: encoder}}}
 
     def backbone(self, variables):
@@ -122,23 +120,16 @@ class SharedLatentDetector(SSDDetector):
                          'shared_latent.unit_run')
 
 
-def unit_config(unit_run: str) -> UNITConfig:
-    """The UNIT architecture of a train_unit run (from its run.json; RunError, one line, otherwise)."""
-    if not unit_run:
-        raise ValueError('shared_latent.unit_run is empty: set it to a finished train_unit workdir')
-    return UNITConfig.from_mapping(read_run(unit_run, 'unit')['config']['model'])
-
-
-@DETECTORS.register('shared_latent')
-def build(config, num_classes, axis_name='data'):
-    """The detector of `config.shared_latent` (see the module docstring) for `config.image_size` images."""
+def build(config, num_classes, generator: Generator, axis_name='data'):
+    """The detector of `config.shared_latent` (see the module docstring) for `config.image_size` images, on
+    the encoders of `generator` (the UNIT run of `shared_latent.unit_run`)."""
     block = config.shared_latent
     if block.variant not in VARIANTS:
         raise ValueError(f'shared_latent.variant {block.variant!r}; valid choices: {", ".join(VARIANTS)}')
     size = config_image_size(config)
     model = SharedLatentSSD(num_classes=num_classes, head=VARIANTS[block.variant]['head'], axis_name=axis_name,
-                            unit=unit_config(block.unit_run), train_encoder=bool(block.train_encoder),
+                            unit=generator.config, train_encoder=bool(block.train_encoder),
                             **model_fields(block.model))
     return SharedLatentDetector('shared_latent', num_classes, size, model, model.clone(axis_name=None),
                                 model.anchors(size), **detector_settings(block.variant, block),
-                                unit_run=block.unit_run, target_inputs=input_words(block.target_inputs))
+                                generator_params=generator.params, target_inputs=input_words(block.target_inputs))

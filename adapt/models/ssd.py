@@ -6,7 +6,7 @@ The model is pure: `SSD(...).apply(variables, images01, train)` returns raw head
 `model.anchors(image_size)` giving those anchors. C' is num_classes + 1 with background at column 0 for
 the softmax head (SSD), num_classes for the sigmoid head (the RetinaNet-style focal variant).
 
-`SSDDetector` is the family behind the `adapt.models.detector` interface, registered twice:
+`SSDDetector` is the family behind the `adapt.models.detector` interface, built in two variants:
   ssd:       softmax head with a background column, cross-entropy with 3:1 hard-negative mining,
              matcher IoU 0.5 (every ground truth also keeps its best anchor);
   retinanet: sigmoid head (bias at prior 0.01), focal loss (alpha 0.25, gamma 2) on all anchors but an
@@ -28,7 +28,7 @@ from adapt.anchors import ssd_default_boxes
 from adapt.losses.detection import ssd_loss
 from adapt.matching import assign_targets
 from adapt.models.backbones import BACKBONES, preprocess
-from adapt.models.detector import DETECTORS, Detector
+from adapt.models.detector import Detector
 from adapt.models.layers import conv_init
 from adapt.postprocess import BOX_WEIGHTS, decode_and_nms
 from adapt.training.config import image_size as config_image_size
@@ -87,7 +87,7 @@ class SSDFeatures(nn.Module):
 _SIZES = {}
 
 
-def _feature_sizes(module, image_size):
+def feature_map_sizes(module, image_size):
     """Shape inference costs ~2 s of tracing, and every detector build (a run loaded, a setup) asks for the
     same sizes: kept per module settings (its repr: flax modules with dict fields do not hash)."""
     key = (repr(module), image_size)
@@ -146,7 +146,7 @@ class SSD(nn.Module):
 
     def feature_sizes(self, image_size):
         """(height, width) of every level for images of `image_size` (h, w), from shapes only."""
-        return list(_feature_sizes(self.feature_module(parent=None), tuple(image_size)))
+        return list(feature_map_sizes(self.feature_module(parent=None), tuple(image_size)))
 
     def anchors_for(self, sizes):
         return ssd_default_boxes(sizes, self.min_scale, self.max_scale, self.aspect_ratios)
@@ -336,5 +336,10 @@ def build(variant, config, num_classes, axis_name='data'):
                        **detector_settings(variant, block))
 
 
-for _variant in VARIANTS:
-    DETECTORS.register(_variant)(lambda config, num_classes, _v=_variant: build(_v, config, num_classes))
+
+def build_ssd(config, num_classes):
+    return build('ssd', config, num_classes)
+
+
+def build_retinanet(config, num_classes):
+    return build('retinanet', config, num_classes)

@@ -5,8 +5,9 @@ day-trained detector sees it (no night labels, no detector retraining). The same
 baselines it must beat (gamma correction, histogram equalisation; see adapt.models.input_transforms).
 Config block `config.translated`:
   detector: the wrapped family ('ssd', 'yolo', ...), built from its own block as usual;
-  transform: 'unit' | 'gamma' | 'histeq', with its settings: unit_run (a finished train_unit workdir) and
-    unit_step (None: the latest; a run pins it), target_mean (gamma), target_cdf (histeq).
+  transform: 'unit' | 'gamma' | 'histeq', with its settings: unit_run (a finished train_unit workdir, whose
+    generator the builder is given: adapt.run_models loads it) and unit_step (None: the latest; a run pins
+    it), target_mean (gamma), target_cdf (histeq).
 The variables are the wrapped detector's, so a run of it loads, evaluates, benchmarks and draws like any
 detector; no gradient reaches the transform (it is frozen even if the detector is trained behind it).
 """
@@ -18,6 +19,7 @@ from typing import Callable
 import jax
 
 from adapt.models.detector import DETECTORS, Detector
+from adapt.models.input_transforms import build_transform
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,13 +82,11 @@ class TranslatedDetector(Detector):
         return self if inner is self.inner else dataclasses.replace(self, inner=inner)
 
 
-def build(config, num_classes):
-    from adapt.models.input_transforms import build_transform
+def build(config, num_classes, generator=None):
+    """The wrapped family's detector behind `block.transform`; `generator`: the UNIT generator of the unit
+    transform (adapt.models.unit.Generator)."""
     block = config.translated
     if block.detector == 'translated':
         raise ValueError('translated.detector: name the wrapped family (ssd, yolo, ...), not translated itself')
     inner = DETECTORS.get(block.detector)(config, num_classes)
-    return TranslatedDetector(inner, build_transform(block), block.transform)
-
-
-DETECTORS.register('translated')(build)
+    return TranslatedDetector(inner, build_transform(block, generator), block.transform)

@@ -325,3 +325,34 @@ def to_model(images01):
 def from_model(images):
     """Model images in [-1, 1] -> [0, 1] (clipped)."""
     return jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generator:
+    """A trained UNIT generator: its architecture, its parameters and the run step they come from (what
+    the shared_latent and translated families read; `adapt.run_models.load_generator` loads one)."""
+    config: UNITConfig
+    params: Any
+    step: int = 0
+
+
+def pad_to_multiple(images, multiple: int):
+    """Reflect-pad [B, H, W, C] at the bottom/right to sides divisible by `multiple`; returns (padded, (H, W))."""
+    h, w = images.shape[1:3]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        images = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode='reflect')
+    return images, (h, w)
+
+
+def make_translate_fn(cfg: UNITConfig, source: str, target: str):
+    """jit-ed `translate(gen_params, images01 [B, H, W, 3]) -> images01` (z = mu), any image size."""
+    model = UNIT(cfg)
+
+    @jax.jit
+    def translate(gen_params, images01):
+        x, (h, w) = pad_to_multiple(to_model(images01), cfg.stride)
+        y = model.apply({'params': gen_params}, x, source, target, method=UNIT.translate)
+        return from_model(y[:, :h, :w])
+
+    return translate

@@ -18,7 +18,7 @@ projection of each neck map.
 
 Priors: `config.yolo.model.anchors`, one list of normalised (width, height) pairs per level. Left None,
 the trainer derives them from the source training boxes (YOLOv2's k-means, `adapt.priors`, sorted by area,
-the smallest to the finest level) and run.json stores them (`adapt.models.data_settings`).
+the smallest to the finest level) and run.json stores them (`adapt.models.families`).
 
 Loss (YOLOv3): each ground truth is predicted by one prior, the one of highest shape IoU among all
 levels' priors, at the cell of its level that contains the box centre (`YOLODetector.targets`).
@@ -43,12 +43,11 @@ import optax
 from jax import lax
 from jax.scipy.special import xlogy
 
-from adapt.anchors import _cell_centres, _level_boxes
+from adapt.anchors import cell_centres, level_boxes
 from adapt.boxes import decode_boxes, pairwise_iou
-from adapt.models.data_settings import register_data_settings
-from adapt.models.detector import DETECTORS, Detector
+from adapt.models.detector import Detector
 from adapt.models.layers import conv_init
-from adapt.models.ssd import SSDDetector, SSDFeatures, _feature_sizes
+from adapt.models.ssd import SSDDetector, SSDFeatures, feature_map_sizes
 from adapt.postprocess import decode_and_nms
 from adapt.priors import box_shapes, kmeans_priors, split_levels
 from adapt.training.config import image_size as config_image_size
@@ -94,7 +93,7 @@ class YOLO(nn.Module):
 
     def feature_sizes(self, image_size):
         """(height, width) of every level's grid for images of `image_size`, from shapes only (cached)."""
-        return list(_feature_sizes(self.feature_module(parent=None), tuple(image_size)))
+        return list(feature_map_sizes(self.feature_module(parent=None), tuple(image_size)))
 
     def _conv_bn(self, x, kernel, name, train):
         x = nn.Conv(self.neck_channels, (kernel, kernel), use_bias=False, kernel_init=conv_init, dtype=self.dtype,
@@ -155,7 +154,7 @@ def class_scores(outputs):
 
 
 MISSING_PRIORS = ('yolo.model.anchors is None: set one list of (width, height) per level, or let '
-                  'adapt.methods.trainer.train derive them from the training boxes (adapt.models.data_settings)')
+                  'adapt.methods.trainer.train derive them from the training boxes (adapt.models.families)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +174,7 @@ class Grid:
     @functools.cached_property
     def boxes(self):
         """Prior boxes [A, 4] (normalised yxyx) centred at their cells."""
-        return np.concatenate([_level_boxes(*_cell_centres(s), p) for s, p in zip(self.sizes, self.level_priors)]
+        return np.concatenate([level_boxes(*cell_centres(s), p) for s, p in zip(self.sizes, self.level_priors)]
                               ).astype(np.float32)
 
     @functools.cached_property
@@ -341,7 +340,6 @@ class YOLODetector(Detector):
 LOSS_DEFAULTS = dict(ignore_threshold=0.5, obj_weight=1.0, noobj_weight=1.0, cls_weight=1.0, box_weight=1.0)
 
 
-@register_data_settings('yolo', ('anchors',))
 def derive_priors(model, boxes, image_size):
     """{'anchors': `priors_per_level` k-means priors per level (seed `kmeans_seed`), smallest first}. The
     normalised shapes suffice: IoU does not change when an axis is scaled, so neither do the clusters."""
@@ -388,5 +386,3 @@ def build(config, num_classes, axis_name='data'):
                         {**LOSS_DEFAULTS, **block.loss}, dict(block.postprocess),
                         int(block.model.get('instance_top_k', 64)))
 
-
-DETECTORS.register('yolo')(build)

@@ -12,46 +12,15 @@ Validity is built in, not left to convention:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import ml_collections
 
+from adapt.protocol.spec import Domain, domains, extra_methods, needs_unit, row_method
 from adapt.protocol.stages import Stage, expand_seeds, seed_name
 
-# Methods that read the protocol's train_unit run: as `translator`, or (shared_latent) for its encoders.
-NEEDS_TRANSLATOR = ('online_translation', 'translate_train')
-NEEDS_UNIT = NEEDS_TRANSLATOR + ('shared_latent',)
 LOG_FILE = 'log.txt'
-
-
-@dataclasses.dataclass(frozen=True)
-class Domain:
-    name: str
-    dataset: str
-    train: str
-    validation: str
-    test: str
-
-
-def domains(config) -> dict:
-    """{name: Domain} in the config's order (source, intermediate, target first)."""
-    order = [config.source, config.intermediate, config.target]
-    names = order + [n for n in config.domains if n not in order]
-    return {n: Domain(n, **config.domains[n].to_dict()) for n in names if n}
-
-
-def extra_methods(config) -> dict:
-    """{row name: adaptation-loss list} of `extra_methods`, 'NAME=LOSS:WEIGHT,...;NAME2=...': source_only
-    plus those terms (any registered loss or package.module:function), trained like every other row."""
-    out = {}
-    for item in (x.strip() for x in config.get('extra_methods', '').split(';') if x.strip()):
-        name, sep, losses = (p.strip() for p in item.partition('='))
-        if not (sep and name and losses):
-            raise ValueError(f'extra_methods: {item!r} is not NAME=LOSS:WEIGHT,...')
-        out[name] = losses
-    return out
 
 
 def method_names(config) -> list:
@@ -121,11 +90,15 @@ def method_config(config, method: str, seed: int, burn_in: str, unit: str):
     c.pseudo_label.rounds = a.pseudo_label_rounds
     c.pseudo_label.steps_per_round = a.num_steps // a.pseudo_label_rounds
     c.fine_tune.num_labelled = a.num_labelled
-    if method in NEEDS_TRANSLATOR:
-        c.translator = unit
+    setting = row_method(config, method).unit_run_setting
+    if setting:
+        *parents, key = setting.split('.')
+        block = c
+        for name in parents:
+            block = block[name]
+        block[key] = unit
     if method == 'shared_latent':  # a fresh head on the UNIT encoders: no burn-in weights fit it
         c.detector, c.init_run = 'shared_latent', ''
-        c.shared_latent.unit_run = unit
     return c
 
 
@@ -236,12 +209,12 @@ def seed_stages(config, builders, methods, seed) -> list:
                           data_dir=builders.data_dir, print_fn=_logged(ctx), on_step=_progress(ctx, c.num_steps))
         return {'num_steps': c.num_steps, 'seconds': time.time() - start}
 
-    if any(m in NEEDS_UNIT for m in methods):  # no method reads a translator: no UNIT stage
+    if any(needs_unit(config, m) for m in methods):  # no method reads a translator: no UNIT stage
         stages.append(Stage('unit', {'config': unit_config(config, seed, '').to_dict()}, deps=('burn_in',),
                             run=run_unit))
 
     for method in methods:
-        deps = ('burn_in', 'unit') if method in NEEDS_UNIT else ('burn_in',)
+        deps = ('burn_in', 'unit') if needs_unit(config, method) else ('burn_in',)
         settings = {'config': method_config(config, method, seed, '', '').to_dict()}
 
         def run_method(ctx, method=method):

@@ -78,9 +78,9 @@ def _frame_costs(config_json: str, num_classes: int, sizes: str):
 def _pooled_features(run, detector, batches, limit):
     """Global-average-pooled deepest backbone features of the first `limit` images (translated first for a
     translated detector: the features the detector computes)."""
-    from adapt.models.frozen_features import from_detector_workdir
+    from adapt.models.frozen_features import from_detector
     from adapt.models.translated import TranslatedDetector
-    extract = from_detector_workdir(run.workdir)
+    extract = from_detector(detector, run.variables())
     extract = extract.with_levels(extract.levels[-1:])
     rows = []
     for batch in batches:
@@ -103,10 +103,11 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
     from adapt.evaluation.transfer import bootstrap_values, proxy_a_distance
     from adapt.evaluation.voc import match_detections
     from adapt.models.inference import draw_detections, voc_inputs
+    from adapt.run_models import run_detector
     from adapt.runs import load_run
     from adapt.training import make_mesh, replicate
     run = load_run(workdir, 'detector')
-    detector, mesh = run.detector(), make_mesh()
+    detector, mesh = run_detector(run), make_mesh()
     model = evaluated_model(run)
     variables = replicate(model_variables(run, model), mesh)
     target = domains[config.target]

@@ -19,14 +19,13 @@ import subprocess
 
 import numpy as np
 
-from adapt.protocol.day2night import NEEDS_UNIT, domains
+from adapt.protocol.spec import domains, needs_unit, trains
 from adapt.protocol.stages import Stage, canonical_json, seed_name
 
 REPORT_DIR = 'report'
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-cpu', 'tensorflow-datasets', 'numpy')
 # What each method's labels are; the methods that read labelled target data are marked in every table.
 LABELS = {True: 'source + target labels', False: 'source labels only'}
-TRAINING_FREE = ('online_translation', 'gamma', 'histeq', 'adabn')
 
 
 def report_stage(config, methods, seeds, stage_names) -> Stage:
@@ -83,7 +82,7 @@ def _per_seed(config, deps, methods, seed, domain_names) -> dict:
         steps = e['step']
         batch = config.adapt.batch_size * max(len(e['samples']), 1)  # images per step: each domain read
         train_cost = next((c['gflops'] for c in e['frame_costs'] if c['size'] == _train_size(config)), None)
-        unit = deps.get(seed_name('unit', seed), {}) if m in NEEDS_UNIT else {}
+        unit = deps.get(seed_name('unit', seed), {}) if needs_unit(config, m) else {}
         selected = e.get('oracle_selected') or {}
         rows[m] = {
             'test': e['test'], 'model': e['model'], 'uses_target_labels': e['uses_target_labels'],
@@ -120,7 +119,7 @@ def combine(config, deps, methods, seeds, domain_names, boot) -> dict:
         rows = [p['rows'][m] for p in per_seed]
         entry = {'model': first[m]['model'], 'uses_target_labels': first[m]['uses_target_labels'],
                  'labels': LABELS[first[m]['uses_target_labels']],
-                 'training_free': m in TRAINING_FREE, 'params': first[m]['params'],
+                 'training_free': not trains(config, m), 'params': first[m]['params'],
                  'params_added': first[m]['params_added'], 'bytes_added': 4 * first[m]['params_added'],
                  'samples': first[m]['samples'], 'steps': first[m]['steps'],
                  'frame_costs': first[m]['frame_costs'], 'target_pr': first[m]['target_pr'],

@@ -16,11 +16,11 @@ EMA is then what is evaluated). A baseline can also take the strong views: --con
 source (oracle: target). pseudo_label: 3 rounds of 100 steps; fine_tune / feature_extract / lwf: 100
 labelled night images.
 """
-from experiments.configs import ssd_quick
+from experiments.configs import common
 
 
 def get_config(method: str = 'dann'):
-    c = ssd_quick.get_config()
+    c = common.base_config()
     c.method = method
     c.num_steps = 300
     c.lr = 3e-4

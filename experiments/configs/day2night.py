@@ -11,7 +11,7 @@ one. Sized so the whole protocol fits in an hour on the 2-core machine (README: 
 """
 import ml_collections
 
-from experiments.configs import ssd_quick, unit_day2night
+from experiments.configs import common
 
 SYNTH = 'daynight_synth/r128_small'
 
@@ -32,7 +32,7 @@ def get_config():
     # (registered names or package.module:function), e.g. 'mine=my_losses:sliced_wasserstein:0.5'.
     c.extra_methods = ''
     c.seeds = 1
-    c.burn_in = ssd_quick.get_config()
+    c.burn_in = common.base_config()
     c.burn_in.num_steps = 800
     c.burn_in.eval_every = 0
     c.burn_in.tensorboard = False
@@ -40,7 +40,7 @@ def get_config():
     c.adapt = ml_collections.ConfigDict(dict(
         num_steps=60, batch_size=16, lr=3e-4, warmup_steps=10, ema_decay=0.0, mean_teacher_decay=0.98,
         pseudo_label_rounds=3, num_labelled=100))
-    c.unit = unit_day2night.get_config()
+    c.unit = common.unit_day2night_config()
     c.unit.num_steps = 400
     c.unit.image_every = 0
     c.unit.tensorboard = False

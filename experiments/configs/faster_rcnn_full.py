@@ -15,21 +15,20 @@ score 0.05, NMS 0.5, 100 detections. Two deviations:
     statistics scaled by 512/160), so the sizes are torchvision's halved.
 Not run here (no accelerator in this project's CPU sessions): sizes and speed are unmeasured.
 """
-from experiments.configs import faster_rcnn_quick, ssd_full
+from experiments.configs import common
 
 
 def get_config():
-    c = ssd_full.get_config()
+    c = common.full_config()
     c.detector = 'faster_rcnn'
     c.image_size = 512
     c.batch_size = 16
     c.eval_batch_size = 32
     c.lr = 1e-3
-    block = faster_rcnn_quick.faster_rcnn_block()
+    block = c.faster_rcnn
     block.model.update(dict(backbone='resnet50', width=1.0, levels=('C2', 'C3', 'C4', 'C5'), fpn_channels=256,
                             pool_level=True, anchor_sizes=(16.0, 32.0, 64.0, 128.0, 256.0), head_dim=1024,
                             instance_top_k=128, dtype='bfloat16'))
     block.rpn.update(dict(pre_nms_top_n=(2000, 1000), post_nms_top_n=(512, 1000), batch_size_per_image=256))
     block.roi.update(dict(sampling_ratio=2, aligned=False, batch_size_per_image=512))
-    c.faster_rcnn = block
     return c

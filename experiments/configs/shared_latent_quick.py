@@ -11,11 +11,11 @@ the day encoder). Same augmentation and schedule as ssd_quick, 300 steps: 5.7 mi
 (about half of a step is the frozen encoder's forward pass at 160 px; train_encoder adds its backward
 pass). On the quick UNIT run it reached mAP@0.5 0.238 by day and 0.000 at night and dusk (README).
 """
-from experiments.configs import ssd_quick
+from experiments.configs import common
 
 
 def get_config():
-    c = ssd_quick.get_config()
+    c = common.base_config()
     c.detector = 'shared_latent'
     c.method = 'shared_latent'
     c.num_steps = 300

@@ -9,11 +9,11 @@ weight decay 1e-4 and the learning rate halved every 100k steps. The reference t
 GPU; here the batch is split over the devices (instance / layer norm are per sample, so any split gives
 the same step).
 """
-from experiments.configs import unit_quick
+from experiments.configs import common
 
 
 def get_config():
-    c = unit_quick.get_config()
+    c = common.unit_config()
     c.dataset_a = c.dataset_b = c.eval_dataset = 'daynight_synth/r256'
     c.image_size = 256
     c.batch_size = 8

@@ -6,7 +6,7 @@ levels (strides 8, 16, 32) and YOLOv3's COCO priors, bfloat16 compute.
 For priors from the data instead (k-means over train_day's boxes, 3 per level, as yolo_quick), set
 `m.anchors = None` below.
 """
-from experiments.configs import ssd_full
+from experiments.configs import common
 
 # YOLOv3's priors (Redmon and Farhadi 2018): (width, height) in pixels of its 416-px input, 3 per level from
 # stride 8 to 32, here as fractions of the image.
@@ -15,7 +15,7 @@ YOLOV3_COCO_PRIORS = (((10, 13), (16, 30), (33, 23)), ((30, 61), (62, 45), (59, 
 
 
 def get_config():
-    c = ssd_full.get_config()
+    c = common.full_config()
     c.detector = 'yolo'
     m = c.yolo.model
     m.backbone = 'resnet18'

@@ -1,0 +1,115 @@
+"""The built-in detector families, registered here and only here, and how a config becomes a detector.
+
+Importing this module registers every built-in family (one line each below) with its data-derived
+settings; a new family is its own module, its preset block and one line here. `build_detector` builds the
+family `config.detector` from its block `config[config.detector]`. Two families read a finished UNIT run
+(shared_latent its encoders, translated's unit transform its generator): they are built with the
+`generator` that `generator_source` names, which `adapt.run_models.build_detector` loads from disk (models
+never read the run store themselves).
+
+Data-derived settings (YOLO's k-means priors, Faster R-CNN's anchor sizes): a family declares which keys
+of its `model` block may be left None in a preset and how to derive them from the source training boxes
+(`adapt.models.data_settings.DataSettings`). `with_data_settings` fills them before a run starts: from
+`init_config` (the config of the run it continues) when that run is of the same family, so an adapted
+model keeps the priors its weights were trained with, else from the boxes of `config.train_split`. The
+filled config is what run.json stores, so a loaded run rebuilds the same detector without the data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from adapt.models import faster_rcnn, shared_latent, ssd, translated, yolo
+from adapt.models.data_settings import DataSettings, settings_family, split_boxes
+from adapt.models.detector import DETECTORS, Detector
+from adapt.training.config import image_size
+
+DATA_SETTINGS: dict = {}  # family -> DataSettings
+
+
+def register_family(name: str, build, data_settings: DataSettings | None = None) -> None:
+    DETECTORS.register(name)(build)
+    if data_settings is not None:
+        DATA_SETTINGS[name] = data_settings
+
+
+register_family('ssd', ssd.build_ssd)
+register_family('retinanet', ssd.build_retinanet)
+register_family('shared_latent', shared_latent.build)
+register_family('yolo', yolo.build, DataSettings(('anchors',), yolo.derive_priors))
+register_family('faster_rcnn', faster_rcnn.build, DataSettings(('anchor_sizes',), faster_rcnn.derive_anchor_sizes))
+register_family('translated', translated.build)
+
+
+def detector_families() -> list:
+    """The registered family names, the built-in ones first."""
+    return DETECTORS.names()
+
+
+def generator_source(config):
+    """(setting, workdir, step) of the UNIT run whose generator the config's detector reads (step None: the
+    latest), or None for a family that reads none."""
+    if config.detector == 'shared_latent':
+        return 'shared_latent.unit_run', config.shared_latent.unit_run, None
+    if config.detector == 'translated' and config.translated.transform == 'unit':
+        return 'translated.unit_run', config.translated.unit_run, config.translated.get('unit_step')
+    return None
+
+
+def build_detector(config, num_classes: int, generator=None) -> Detector:
+    """The family `config.detector` built from its block; `generator` (adapt.models.unit.Generator): the UNIT
+    generator `generator_source(config)` names, for the families that read one (ValueError without it)."""
+    build = DETECTORS.get(config.detector)
+    source = generator_source(config)
+    if source is None:
+        return build(config, num_classes)
+    if generator is None:
+        raise ValueError(f'{config.detector} reads the UNIT generator of {source[0]}: build it with '
+                         f'adapt.run_models.build_detector, which loads that run')
+    return build(config, num_classes, generator)
+
+
+def missing_settings(config) -> list:
+    """The data-derived keys of the config's family still None."""
+    spec = DATA_SETTINGS.get(settings_family(config))
+    if spec is None:
+        return []
+    model = config[settings_family(config)].get('model', {})
+    return [k for k in spec.keys if model.get(k) is None]
+
+
+def with_data_settings(config, source_builder, init_config=None, print_fn=print):
+    """`config` with its family's data-derived settings filled (a copy; `config` itself when none is
+    missing): from `init_config` (the run.json config of `config.init_run`) when it is a run of the same
+    family, else from the boxes of the source's `train_split`. ValueError (one line) when that split has no
+    boxes."""
+    missing = missing_settings(config)
+    if not missing:
+        return config
+    family = settings_family(config)
+    if init_config is not None and init_config.get('detector') == family:
+        print_fn(f'{family}: {", ".join(missing)} from init_run {config.init_run}')
+        return _filled(config, {k: init_config[family]['model'][k] for k in missing})
+    return with_box_settings(config, split_boxes(source_builder, config.train_split), config.train_split, print_fn)
+
+
+def with_box_settings(config, boxes, origin: str, print_fn=print):
+    """`config` with its family's missing data-derived settings derived from `boxes` ([N, 4] normalised
+    yxyx; `origin` names them in the message and the error)."""
+    missing = missing_settings(config)
+    if not missing:
+        return config
+    family = settings_family(config)
+    if not len(boxes):
+        raise ValueError(f'{family}: {origin} has no boxes to derive {", ".join(missing)} from')
+    derived = DATA_SETTINGS[family].derive(config[family].model, np.asarray(boxes, np.float32),
+                                           tuple(image_size(config)))
+    print_fn(f'{family}: {", ".join(missing)} from {len(boxes)} boxes of {origin}')
+    return _filled(config, {k: derived[k] for k in missing})
+
+
+def _filled(config, values: dict):
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for key, value in values.items():
+            config[settings_family(config)].model[key] = value
+    return config
