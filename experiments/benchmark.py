@@ -15,7 +15,10 @@ like with like. Peak memory: device memory_stats() where the backend has them (G
 process's maximum resident set size (resource.getrusage), which includes the Python runtime.
 Single frames (`--frame_sizes`, default the training size and 1280x720) are timed apart: the cost of
 deployment, where frames come one at a time; for the translated family (online translation) the
-translation and the detection are also timed alone.
+translation and the detection are also timed alone. The parts of one Day2Night evaluation stage
+(`adapt.evaluation.efficiency.evaluation_parts`: prediction, COCO + VOC metrics and the bootstrap of AP50
+and AP per test split, and the proxy A-distance's features) are timed on copies of the random batch,
+with the protocol's sizes (`--eval_images`, `--bootstrap_samples`, `--feature_images`).
 """
 import json
 import os
@@ -25,7 +28,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
-from adapt.evaluation.efficiency import flops_of, frame_costs, parse_frame_sizes, timed
+from adapt.evaluation.efficiency import evaluation_parts, flops_of, frame_costs, parse_frame_sizes, timed
 from experiments import common
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
@@ -49,6 +52,9 @@ flags.DEFINE_string('run', None, 'Also time a finished detector run\'s forward p
                     'images (its dataset, --split), and check its detections against the plain reference path.')
 flags.DEFINE_string('split', 'validation_night', 'Split of the run\'s dataset for --run.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory for --run (default: the run\'s).')
+flags.DEFINE_integer('eval_images', 250, 'Images per test split in the evaluation-stage figures (0: skip them).')
+flags.DEFINE_integer('bootstrap_samples', 200, 'Bootstrap resamples per metric in the evaluation-stage figures.')
+flags.DEFINE_integer('feature_images', 200, 'Images per domain for the proxy A-distance in those figures.')
 
 
 def random_batch(batch_size, image_size, max_boxes, num_classes, seed=0):
@@ -151,6 +157,28 @@ def run(config, num_classes, steps, warmup, matmul_size=0):
         'infer_fraction_of_peak': infer_flops * b / infer_s / peak,
         'peak_memory_kind': mem_kind, 'peak_memory_mib': mem_mib,
     }
+
+
+def evaluation_stage(config, num_classes) -> dict:
+    """`evaluation_parts` (seconds) of the config's detector (random weights) on one test split, and the
+    whole stage's estimate: three test splits, the features of two domains."""
+    import jax
+    from adapt.run_models import build_detector
+    detector = build_detector(config, num_classes)
+    batch = random_batch(config.eval_batch_size, config.image_size, config.max_boxes, num_classes)
+    parts = evaluation_parts(detector, jax.device_get(detector.init(jax.random.key(0))), batch, FLAGS.eval_images,
+                             tuple(f'class{i}' for i in range(num_classes)), FLAGS.bootstrap_samples,
+                             FLAGS.feature_images)
+    split = parts['predict'] + parts['metrics'] + parts['bootstrap']
+    return {**parts, 'images': FLAGS.eval_images, 'bootstrap_samples': FLAGS.bootstrap_samples,
+            'stage_estimate': 3 * split + 2 * parts['features']}
+
+
+def evaluation_table(e) -> str:
+    return (f"evaluation stage   ~{e['stage_estimate']:.1f} s (3 test splits of {e['images']} images, features of 2 "
+            f"domains); per split: predict {e['predict']:.2f} s, COCO + VOC metrics {e['metrics']:.2f} s, "
+            f"bootstrap {e['bootstrap']:.2f} s (AP50 + AP, {e['bootstrap_samples']} resamples each); features "
+            f"{e['features']:.2f} s per domain")
 
 
 def parse_sizes(text, train_size):
@@ -309,6 +337,9 @@ def main(argv):
     sizes = parse_sizes(FLAGS.frame_sizes, image_size(config))
     result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
     print(table(result))
+    if FLAGS.eval_images:
+        result['evaluation_stage'] = evaluation_stage(config, FLAGS.num_classes)
+        print(evaluation_table(result['evaluation_stage']))
     if sizes:
         result['per_frame'] = frame_costs(config, FLAGS.num_classes, sizes, FLAGS.steps, FLAGS.warmup)
         print(frame_table(result['per_frame']))

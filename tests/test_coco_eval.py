@@ -12,6 +12,9 @@ from pycocotools.cocoeval import COCOeval
 
 from adapt.evaluation import (CocoFormatError, Params, detections_to_results, evaluate_coco,
                               ground_truth_from_arrays, load_detections, load_ground_truth)
+from adapt.evaluation.coco import SHORT_NAMES, evaluate_images, summary_values
+from adapt.evaluation.coco_accumulate import accumulate
+from adapt.evaluation.transfer import resample_images
 
 SEEDS = range(6)
 
@@ -157,6 +160,36 @@ def test_custom_parameters_identical_to_pycocotools(seed):
                                           image_ids=tuple(img_ids), category_ids=tuple(cat_ids)))
     assert_same(ours, ev)
     assert ours.stats[0] == -1  # pycocotools' first summary always asks for maxDets=100
+
+
+def test_unsorted_recall_thresholds_like_pycocotools():
+    """pycocotools reads the thresholds in the given order and stops at the first one a curve does not reach."""
+    gt, dets = make_case(2)
+    rec = (0.5, 0.1, 0.9, 0.0, 1.0, 0.3)
+    ev = pycocotools_eval(gt, dets, lambda p: setattr(p, 'recThrs', np.array(rec)))
+    ours = evaluate_coco(gt, dets, Params(rec_thresholds=rec))
+    assert_same(ours, ev)
+    assert ((ours.precision[:, 3] == 0) & (ours.precision[:, 1] > 0)).any()  # 0.0 after an unreached 0.9
+
+
+@pytest.mark.parametrize('seed, params', [
+    (0, Params()), (1, Params(rec_thresholds=(0.5, 0.1, 0.9, 0.0, 1.0, 0.3), max_dets=(100, 3, 3)))])
+def test_accumulate_with_multiplicities_is_the_evaluation_of_the_resampled_set(seed, params):
+    """Images taken 0 to 3 times: the arrays and numbers of evaluating resample_images' set from scratch."""
+    gt, dets = make_case(seed)
+    g = load_ground_truth(gt)
+    d = load_detections(dets, g)
+    n = len(gt['images'])
+    multiplicity = np.random.default_rng(seed).integers(0, 4, size=(3, n))
+    images = evaluate_images(g, d, params)
+    precision, recall = accumulate(images, multiplicity)
+    one_by_one = {name: summary_values(images, multiplicity, name, chunk_elements=1) for name in SHORT_NAMES}
+    for s, m in enumerate(multiplicity):
+        ref = evaluate_coco(*resample_images(g, d, np.repeat(np.arange(n), m)), params)
+        np.testing.assert_array_equal(precision[s], ref.precision)
+        np.testing.assert_array_equal(recall[s], ref.recall)
+        assert {name: v[s] for name, v in one_by_one.items()} == ref.summary()
+    assert (multiplicity == 0).any() and (multiplicity == 3).any() and (ref.stats > 0.1).sum() >= 6
 
 
 def test_annotation_id_zero_counts_as_miss_like_pycocotools():

@@ -116,3 +116,36 @@ def test_no_images_to_write_is_not_an_error(tmp_path):
     finally:
         writer.close()
     assert not os.path.exists(tmp_path / 'tensorboard')
+
+
+
+def test_on_step_hears_of_finished_steps_only_and_the_line_shows_the_input_wait(tmp_path):
+    """A step of about T seconds (chained matmuls; T measured on a finished step): step s has finished no
+    earlier than (s - 1) T after step 1 did. A meter told of dispatched steps hears of several at once
+    (dispatch returns before the devices are done); one told of finished steps cannot beat the bound."""
+    import time
+
+    _, state = toy.init_state(optax.sgd(0.1))
+    w = jnp.eye(256) * 0.5
+
+    def work(x):
+        return jax.lax.fori_loop(0, 60, lambda _, y: jnp.tanh(y @ w), x)
+
+    def step(state, batch, key):
+        return state.replace(step=state.step + 1), {"loss": jnp.mean(work(jnp.ones((256, 256))))}
+
+    timed = jax.jit(work)
+    timed(jnp.ones((256, 256))).block_until_ready()
+    durations = []
+    for _ in range(3):
+        begin = time.perf_counter()
+        timed(jnp.ones((256, 256))).block_until_ready()
+        durations.append(time.perf_counter() - begin)
+    heard, lines = [], []
+    config = LoopConfig(log_every=8, checkpoint_every=0, tensorboard=False, print_fn=lines.append)
+    train_loop(state, step, toy.ToyData(0, 4), 8, str(tmp_path), config, mesh=make_mesh(1),
+               on_step=lambda s: heard.append((s, time.perf_counter())))
+    assert [s for s, _ in heard] == list(range(1, 9))
+    first = heard[0][1]
+    assert all(t - first >= 0.5 * min(durations) * (s - 1) for s, t in heard), (heard, durations)
+    assert "input wait " in lines[-1] and lines[-1].endswith("%")

@@ -82,15 +82,66 @@ def test_interval_of_several_seeds_is_of_the_per_resample_mean_without_undefined
         bootstrap_interval(np.zeros((1, 2, 3)))
 
 
-def test_bootstrap_draws_images_with_replacement_from_the_seeded_generator():
-    gt, dets = make_set(2)
-    values = bootstrap_values(gt, dets, 'AP50', num_samples=3, seed=5)
-    draws = np.random.default_rng(5).integers(0, len(gt['images']), size=(3, len(gt['images'])))
-    g = load_ground_truth(gt)
-    expected = [evaluate_coco(*resample_images(g, load_detections(dets, g), d)).summary()['AP50'] for d in draws]
-    np.testing.assert_array_equal(values, expected)
-    values = np.unique(bootstrap_values(gt, dets, 'AP50', num_samples=20, seed=5))
-    assert values.size > 10  # resamples differ
+def make_tied_set(seed=0, num_images=24):
+    """A set where the order of the merge by score matters everywhere: scores from four values (ties within an
+    image, also between a true and a false positive, and across images), crowd regions with detections on
+    them, a matched object with annotation id 0, category 3 in images 1 and 7 only, small objects in images 0
+    and 5 only (APs is undefined on some resamples), and 120 objects of one category in image 4, each
+    detected with the same score: the last ones beyond maxDets."""
+    rng = np.random.default_rng(seed)
+    images = [{'id': 3 * i + 2} for i in range(num_images)]
+    anns, dets = [], []
+
+    def add(image, category, box, score=None, crowd=0, jitter=0.0):
+        anns.append({'id': len(anns) + 1, 'image_id': image, 'category_id': category, 'bbox': box,
+                     'area': float(box[2] * box[3]), 'iscrowd': crowd})
+        for _ in range(int(rng.integers(1, 3)) if score is None else 1):  # duplicates: one is a false positive
+            dets.append({'image_id': image, 'category_id': category, 'score': score or float(rng.choice(SCORES)),
+                         'bbox': [v + float(rng.normal(0, jitter)) for v in box[:2]] + box[2:]})
+
+    for n, image in enumerate(i['id'] for i in images):
+        for _ in range(int(rng.integers(1, 4))):
+            w, h = (float(v) for v in rng.choice([40, 60, 120, 200], size=2))
+            add(image, int(rng.integers(1, 3)), [float(rng.uniform(0, 400)), float(rng.uniform(0, 300)), w, h],
+                jitter=w / 12)
+        for _ in range(int(rng.integers(0, 4))):
+            dets.append({'image_id': image, 'category_id': int(rng.integers(1, 4)), 'score': float(rng.choice(SCORES)),
+                         'bbox': [float(v) for v in rng.uniform([0, 0, 20, 20], [500, 400, 150, 150])]})
+        if n in (0, 5):
+            add(image, 1, [300.0, 300.0, 20.0, 20.0], jitter=1.0)
+        if n in (1, 7):
+            add(image, 3, [50.0, 50.0, 80.0, 60.0], jitter=4.0)
+        if n in (2, 9):
+            add(image, 2, [0.0, 0.0, 300.0, 300.0], crowd=1, score=0.5)
+            dets.append({'image_id': image, 'category_id': 2, 'bbox': [10.0, 10.0, 50.0, 50.0], 'score': 0.5})
+        if n == 4:
+            for k in range(120):
+                add(image, 2, [float(k % 12) * 40, float(k // 12) * 40, 30.0, 30.0], score=0.3)
+    anns[1]['id'] = 0  # pycocotools counts its match as a miss
+    cats = [{'id': c, 'name': f'c{c}'} for c in (1, 2, 3)]
+    return {'images': images, 'annotations': anns, 'categories': cats}, dets
+
+
+SCORES = (0.3, 0.5, 0.7, 0.9)
+
+
+def test_bootstrap_values_are_the_metrics_of_the_resampled_sets():
+    gt, dets = make_tied_set()
+    with pytest.warns(UserWarning, match='annotation id 0'):
+        g = load_ground_truth(gt)
+    d = load_detections(dets, g)
+    num_samples, n = 30, len(gt['images'])
+    draws = np.random.default_rng(5).integers(0, n, size=(num_samples, n))
+    # The reference: every resample built as a data set of its own and evaluated from scratch.
+    expected = [evaluate_coco(*resample_images(g, d, draw)).summary() for draw in draws]
+    for metric in ('AP50', 'AP', 'APs', 'ARl', 'AR1'):
+        values = bootstrap_values(g, d, metric, num_samples=num_samples, seed=5)
+        np.testing.assert_array_equal(values, [e[metric] for e in expected], err_msg=metric)
+    # The set covers what it should: resamples that differ, undefined APs, resamples without category 3.
+    assert np.unique([e['AP'] for e in expected]).size == num_samples
+    small = np.array([e['APs'] for e in expected])
+    assert (small == -1).any() and (small > 0).any()
+    assert not np.isin(draws, [1, 7]).any(axis=1).all()
 
 
 def test_identity_resample_is_the_original_set():

@@ -18,11 +18,17 @@ Same semantics as pycocotools, re-derived (not copied) so that every comparison 
 Instead of pycocotools' loops over images, detections and ground truths, the whole data set is matched at
 once: rank r of every (image, category) group is processed in one vectorised step, for all area ranges and
 IoU thresholds together, over the (detection, ground truth) pairs that reach the lowest threshold.
+
+The two stages are separate, as pycocotools' evaluate() and accumulate() are: ``evaluate_images`` matches
+within each (image, category), which no other image affects; ``accumulate`` (adapt.evaluation.coco_accumulate)
+merges over the images and takes how often each one occurs, so a bootstrap resample of the images is
+evaluated exactly without being matched again (``summary_values``, used by ``transfer.bootstrap_values``).
 """
 import dataclasses
 
 import numpy as np
 
+from adapt.evaluation.coco_accumulate import ImageEvaluation, accumulate
 from adapt.evaluation.cocojson import load_detections, load_ground_truth
 
 # Constructed exactly as pycocotools does, so summaries find 0.5 and 0.75 by equality.
@@ -152,67 +158,12 @@ def _check(params):
         raise ValueError(f'params: max_dets must be positive integers, got {params.max_dets}')
 
 
-def _min_true_positives(npig, rec_thr):
-    """[K, A, R]: the fewest true positives c with c / npig >= rec_thr in float64 (what searchsorted finds)."""
-    n = np.maximum(npig, 1)[..., None].astype(np.float64)
-    c = np.maximum(np.ceil(rec_thr * n), 0)
-    for _ in range(2):  # correct the rounding of rec_thr * n
-        c = np.where((c >= 1) & ((c - 1) / n >= rec_thr), c - 1, c)
-        c = np.where(c / n < rec_thr, c + 1, c)
-    return np.minimum(c, n + 1).astype(np.int64)
-
-
-def _accumulate(tp, fp, cat, rank, npig, max_dets, rec_thr):
-    """precision [T, R, K, A, M] and recall [T, K, A, M] from per-detection TP/FP flags [A, T, D].
-
-    Detections come sorted by category, then as pycocotools merges them: by score, ties by image and rank.
-
-    pycocotools reads the precision envelope at the first detection reaching each recall threshold.  That
-    detection is a true positive, and the envelope (the best precision at or after it) is attained at a
-    true positive, so only the precision at true positives is computed: the c-th true positive of a curve
-    with ``fp`` false positives before it has precision ``c / (fp + c + eps)``, the same float64 value.
-    """
-    num_areas, num_thr, _ = tp.shape
-    num_cats, num_rec = npig.shape[0], rec_thr.size
-    precision = -np.ones((num_thr, num_rec, num_cats, num_areas, len(max_dets)))
-    recall = -np.ones((num_thr, num_cats, num_areas, len(max_dets)))
-    bounds = np.searchsorted(cat, np.arange(num_cats + 1))
-    has_gt = (npig > 0).T[:, None, :]  # [A, 1, K]; without ground truth the entries stay -1
-    min_tp = _min_true_positives(npig, rec_thr).transpose(1, 0, 2)[:, None]  # [A, 1, K, R]
-    for m, max_det in enumerate(max_dets):
-        keep = rank < max_det
-        tp_m, fp_m = (tp, fp) if keep.all() else (tp & keep, fp & keep)
-        fp_cum = np.zeros((num_areas, num_thr, cat.size + 1), np.int32)
-        np.cumsum(fp_m, axis=2, dtype=np.int32, out=fp_cum[:, :, 1:])
-        curve, pos = np.divmod(np.flatnonzero(tp_m), cat.size)  # true positives, by (area, threshold), position
-        a, t = np.divmod(curve, num_thr)
-        k = np.searchsorted(bounds, pos, 'right') - 1
-        row = curve * num_cats + k  # one curve per (area, threshold, category), ascending
-        row_start = np.searchsorted(row, np.arange(num_areas * num_thr * num_cats + 1))
-        count = np.arange(row.size) - row_start[row] + 1
-        fp_before = fp_cum[a, t, pos + 1] - fp_cum[a, t, bounds[k]]
-        pr = count / ((fp_before + count) + np.spacing(1))
-        for lo, hi in zip(row_start[:-1], row_start[1:]):
-            if hi - lo > 1:
-                pr[lo:hi] = np.maximum.accumulate(pr[lo:hi][::-1])[::-1]  # monotone envelope
-        num_tp = np.diff(row_start).reshape(num_areas, num_thr, num_cats)
-        rc = num_tp / np.maximum(npig.T[:, None, :], 1)
-        recall[..., m] = np.where(has_gt, rc, -1).transpose(1, 2, 0)
-        # Without true positives every precision is 0; pycocotools stops at the first unreachable recall.
-        valid = np.logical_and.accumulate(min_tp <= num_tp[..., None], axis=-1) & (num_tp[..., None] > 0)
-        first = row_start[:-1].reshape(num_tp.shape)[..., None] + np.maximum(min_tp, 1) - 1
-        q = np.r_[pr, 0.0][np.where(valid, first, pr.size)]
-        precision[..., m] = np.where(has_gt[..., None], q, -1).transpose(1, 3, 2, 0)
-    return precision, recall
-
-
-def evaluate_coco(gt, detections, params=None):
-    """COCO bbox evaluation; ``gt``/``detections`` are paths, loaded JSON, or cocojson objects."""
+def evaluate_images(gt, detections, params=None):
+    """COCO's per-image evaluation; ``gt``/``detections`` are paths, loaded JSON, or cocojson objects."""
     params = params or Params()
     _check(params)
     gt = load_ground_truth(gt)
     dets = load_detections(detections, gt)
-    max_dets = sorted(int(m) for m in params.max_dets)
     cat_ids, names, g_keep, d_keep, g_cat, d_cat = _subset(gt, dets, params)
     num_images = gt.image_ids.size
 
@@ -227,12 +178,12 @@ def evaluate_coco(gt, detections, params=None):
     d_key = d_cat * num_images + d_img
     order = np.lexsort((-d_score, d_key))  # stable: ties keep file order
     rank = np.arange(order.size) - np.searchsorted(d_key[order], d_key[order], 'left')
-    kept = rank < max_dets[-1]
+    kept = rank < max(params.max_dets)
     order, rank = order[kept], rank[kept]
     # From here on, detections are in accumulation order: by category, score, image, rank.
     acc = np.lexsort((rank, d_img[order], -d_score[order], d_cat[order]))
     order, rank = order[acc], rank[acc]
-    d_cat, d_box, d_key = d_cat[order], d_box[order], d_key[order]
+    d_cat, d_img, d_score, d_box, d_key = d_cat[order], d_img[order], d_score[order], d_box[order], d_key[order]
     d_area = d_box[:, 2] * d_box[:, 3]
 
     pair_det, pair_gt = group_pairs(d_key, g_cat * num_images + g_img)
@@ -244,31 +195,75 @@ def evaluate_coco(gt, detections, params=None):
     real, ignored = np.zeros(shape, bool), np.zeros(shape, bool)
     real[a, t, d] = g_real[g]  # a match to annotation id 0 is no match for pycocotools
     ignored[a, t, d] = g_ignore[a, g]
-    ignored |= ~real & ((d_area < lo) | (d_area > hi))[:, None, :]
-    tp, fp = real & ~ignored, ~real & ~ignored
-    npig = np.stack([np.bincount(g_cat[~ig], minlength=cat_ids.size) for ig in g_ignore], axis=1)
-    precision, recall = _accumulate(tp, fp, d_cat, rank, npig, max_dets,
-                                    np.asarray(params.rec_thresholds, np.float64))
-    return CocoEvaluation(summarize(precision, recall, params), precision, recall, params, cat_ids, names)
+    in_range = (d_area >= lo) & (d_area <= hi)
+    ignored |= ~real & ~in_range[:, None, :]
+    return ImageEvaluation(params, cat_ids, names, num_images, d_cat, d_img, d_score, rank, real & ~ignored,
+                           ~real & ~ignored, in_range, g_cat, g_img, g_ignore)
+
+
+def evaluate_coco(gt, detections, params=None):
+    """COCO bbox evaluation; ``gt``/``detections`` are paths, loaded JSON, or cocojson objects.
+
+    ``evaluate_images``, then ``accumulate`` with every image taken once.
+    """
+    images = evaluate_images(gt, detections, params)
+    precision, recall = (x[0] for x in accumulate(images, np.ones((1, images.num_images), np.int64)))
+    return CocoEvaluation(summarize(precision, recall, images.params), precision, recall, images.params,
+                          images.category_ids, images.category_names)
 
 
 def _mean_valid(s):
     return float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
 
 
+def _summary_max_dets(params, entry):
+    """The max-dets value that summary ``entry`` reads; None where params lack it (the number is then -1)."""
+    md, max_dets = entry[4], sorted(params.max_dets)
+    return 100 if md == 'literal-100' else (max_dets[md] if md < len(max_dets) else None)
+
+
+def _summary_slice(precision, recall, params, entry, max_dets):
+    """The entries of precision/recall, with max-dets columns ``max_dets``, that summary ``entry`` averages."""
+    _, is_ap, thr, area, _ = entry
+    md = _summary_max_dets(params, entry)
+    aind = [i for i, label in enumerate(params.area_labels) if label == area]
+    mind = [i for i, m in enumerate(max_dets) if m == md]
+    s = precision if is_ap else recall
+    if thr is not None:
+        s = s[np.where(thr == np.asarray(params.iou_thresholds))[0]]
+    return s[..., aind, mind]
+
+
 def summarize(precision, recall, params):
     """pycocotools' 12 numbers: means over entries > -1 of the selected slices (-1 when none)."""
-    iou, max_dets = np.asarray(params.iou_thresholds), sorted(params.max_dets)
-    stats = []
-    for _, is_ap, thr, area, md in SUMMARY:
-        md = 100 if md == 'literal-100' else (max_dets[md] if md < len(max_dets) else None)
-        aind = [i for i, label in enumerate(params.area_labels) if label == area]
-        mind = [i for i, m in enumerate(max_dets) if m == md]
-        s = precision if is_ap else recall
-        if thr is not None:
-            s = s[np.where(thr == iou)[0]]
-        stats.append(_mean_valid(s[..., aind, mind]))
-    return np.array(stats)
+    max_dets = sorted(params.max_dets)
+    return np.array([_mean_valid(_summary_slice(precision, recall, params, e, max_dets)) for e in SUMMARY])
+
+
+def summary_values(images, multiplicity, name, chunk_elements=2 ** 21):
+    """[S]: summary number ``name`` ('AP50', ...) of every resample, ``evaluate_coco(...).summary()[name]``
+    on the set with image i taken ``multiplicity[s, i]`` times (see ``accumulate``).
+
+    Only the max-dets column that the number reads is accumulated, a chunk of resamples at a time (about
+    ``chunk_elements`` array entries each, 2 ** 21: ~20 MiB), so memory stays bounded for any S.
+    """
+    entry = SUMMARY[SHORT_NAMES.index(name)]
+    md = _summary_max_dets(images.params, entry)
+    max_dets = [m for m in sorted(images.params.max_dets) if m == md]
+    chunk = max(1, chunk_elements // max(1, _size_per_resample(images, len(max_dets))))
+    values = []
+    for i in range(0, len(multiplicity), chunk):
+        precision, recall = accumulate(images, multiplicity[i:i + chunk], max_dets)
+        values += [_mean_valid(_summary_slice(p, r, images.params, entry, max_dets))
+                   for p, r in zip(precision, recall)]
+    return np.array(values)
+
+
+def _size_per_resample(images, num_max_dets):
+    """About how many array entries ``accumulate`` holds per resample: detections, true positives, readouts."""
+    num_areas, num_thr, _ = images.tp.shape
+    readouts = num_areas * num_thr * images.category_ids.size * (len(images.params.rec_thresholds) + 1)
+    return num_max_dets * (images.in_range.size + int(images.tp.sum()) + readouts)
 
 
 @dataclasses.dataclass(frozen=True)

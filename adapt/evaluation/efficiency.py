@@ -59,3 +59,51 @@ def frame_costs(config, num_classes, sizes, steps=5, warmup=1):
             ms = timed(lambda: jax.block_until_ready(compiled(variables, frame)), steps, warmup) * 1e3
             rows.append({'size': f'{h}x{w}', 'part': part, 'ms': ms, 'gflops': flops_of(compiled) / 1e9})
     return rows
+
+
+def evaluation_parts(detector, variables, batch, num_images, class_names, bootstrap_samples, feature_images,
+                     mesh=None):
+    """Seconds of the parts of one test split's evaluation as the Day2Night evaluation stage runs them, on
+    `num_images` images made of copies of `batch` ({'image', 'boxes', 'labels', 'mask'}, its boxes the
+    ground truth): 'predict' (the evaluator's compiled, data-parallel predict function; compiled first),
+    'metrics' (COCO's 12 numbers and VOC mAP), 'bootstrap' (AP50 and AP on `bootstrap_samples` resamples
+    each) and 'features' (the proxy A-distance's pooled backbone features of `feature_images` images)."""
+    import jax
+    from adapt.evaluation.transfer import bootstrap_values
+    from adapt.evaluation.translation_eval import pooled_features_fn
+    from adapt.models.frozen_features import from_detector
+    from adapt.models.inference import coco_inputs, detection_metrics, make_predict_fn
+    from adapt.training.parallel import make_mesh, replicate, shard_batch
+    mesh = mesh or make_mesh()
+    size, height, width = batch['image'].shape[:3]
+    copies = -(-num_images // size)
+    predict, replicated = make_predict_fn(detector, mesh), replicate(variables, mesh)
+    jax.block_until_ready(predict(replicated, shard_batch(batch['image'], mesh)))  # compiled before timing
+    seconds, start = {}, time.perf_counter()
+    dets = [jax.device_get(predict(replicated, shard_batch(batch['image'], mesh))) for _ in range(copies)]
+    seconds['predict'] = time.perf_counter() - start
+    keep = lambda x: np.concatenate([x] * copies)[:num_images]  # noqa: E731
+    pred = {'image_id': np.arange(num_images), 'original_size': np.tile([height, width], (num_images, 1)),
+            'gt_boxes': keep(batch['boxes']), 'gt_labels': keep(batch['labels']), 'gt_mask': keep(batch['mask']),
+            'gt_crowd': keep(np.zeros_like(batch['mask'])), 'gt_difficult': keep(np.zeros_like(batch['mask'])),
+            'boxes': np.concatenate([d.boxes for d in dets])[:num_images],
+            'scores': np.concatenate([d.scores for d in dets])[:num_images],
+            'classes': np.concatenate([d.classes for d in dets])[:num_images],
+            'det_mask': np.concatenate([np.arange(d.scores.shape[1])[None] < d.num_valid[:, None]
+                                        for d in dets])[:num_images]}
+    start = time.perf_counter()
+    detection_metrics(pred, class_names)
+    seconds['metrics'] = time.perf_counter() - start
+    gt, results = coco_inputs(pred, class_names)
+    start = time.perf_counter()
+    for metric in ('AP50', 'AP'):
+        bootstrap_values(gt, results, metric, bootstrap_samples)
+    seconds['bootstrap'] = time.perf_counter() - start
+    extract = from_detector(detector, jax.device_get(variables))
+    pooled = pooled_features_fn(extract, extract.levels[-1])
+    jax.block_until_ready(pooled(batch['image']))  # compiled before timing
+    start = time.perf_counter()
+    for _ in range(-(-feature_images // size)):
+        jax.block_until_ready(pooled(batch['image']))
+    seconds['features'] = time.perf_counter() - start
+    return seconds

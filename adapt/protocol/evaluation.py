@@ -77,18 +77,19 @@ def _frame_costs(config_json: str, num_classes: int, sizes: str):
 
 def _pooled_features(run, detector, batches, limit):
     """Global-average-pooled deepest backbone features of the first `limit` images (translated first for a
-    translated detector: the features the detector computes)."""
+    translated detector: the features the detector computes), through a jitted extractor (run eagerly,
+    the backbone compiled one program per operation)."""
+    from adapt.evaluation.translation_eval import pooled_features_fn
     from adapt.models.frozen_features import from_detector
     from adapt.models.translated import TranslatedDetector
     extract = from_detector(detector, run.variables())
-    extract = extract.with_levels(extract.levels[-1:])
+    pooled = pooled_features_fn(extract, extract.levels[-1])
     rows = []
     for batch in batches:
-        images = batch['image'][batch['valid']]
+        images = batch['image']
         if isinstance(detector, TranslatedDetector):
-            images = np.asarray(detector.translate(images))
-        feats = next(iter(extract(images).values()))
-        rows.append(np.asarray(feats).mean(axis=(1, 2)))
+            images = detector.translate(images)
+        rows.append(np.asarray(pooled(images))[np.asarray(batch['valid'], bool)])
         if sum(len(r) for r in rows) >= limit:
             break
     return np.concatenate(rows)[:limit]

@@ -1,13 +1,20 @@
 """The generic training loop: resume, data-parallel steps, NaN guard, logs, evaluation, checkpoints.
 
 Steps are numbered by `state.step` after the update (1 = first update). Metrics stay on the devices
-and are fetched every `log_every` steps (no host sync per step), before each checkpoint and at the end;
+and are fetched every `log_every` steps (no transfer per step), before each checkpoint and at the end;
 each fetched step is checked in order, so a NaN/Inf is reported at the step that produced it.
+
+Steps are dispatched asynchronously, one ahead: step k is dispatched before the loop waits for step k - 1
+to finish, so the host reads the next batch while the devices compute and at most two steps are in flight.
+`on_step` is told of a step once it has finished, so rates and ETAs built on it are true ones (counting
+dispatched steps, a meter ran far ahead of the devices for its first minute). The console line shows the
+share of the time the loop spent waiting for its input pipeline ("input wait").
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -45,7 +52,8 @@ def train_loop(state, step_fn: Callable, data_iterator: Iterator, num_steps: int
     `data_iterator` yields this process's part of each global batch as NumPy dicts and may have
     `state()`/`restore(state)` (its JSON position, checkpointed with the train state). If `workdir`
     holds a checkpoint, training resumes from it (state, step, RNG, data position). `meta` is extra
-    JSON stored in every checkpoint. `on_step(step)` runs after each step (tests, profilers).
+    JSON stored in every checkpoint. `on_step(step)` runs once per step, in order, when that step has
+    finished (progress meters, tests, profilers).
     Raises `NonFiniteError` on a NaN/Inf metric or state; nothing non-finite is ever saved.
     """
     mesh = mesh or make_mesh()
@@ -65,7 +73,15 @@ def train_loop(state, step_fn: Callable, data_iterator: Iterator, num_steps: int
     train_step = data_parallel(step_fn, mesh)
     pending: list[tuple[int, Any, Any]] = []   # (step, metrics, finite) still on the devices
     window: list[dict] = []                       # fetched, checked metrics since the last log line
-    progress, batch_size = None, None
+    progress, batch_size, input_wait = None, None, 0.0
+    reported = step                               # on_step has run for every finished step up to here
+
+    def report(upto: int) -> None:
+        nonlocal reported
+        for finished in range(reported + 1, upto + 1):
+            if on_step is not None:
+                on_step(finished)
+        reported = max(reported, upto)
 
     def flush() -> None:
         """Fetch pending metrics and check them step by step (reports the first bad step)."""
@@ -78,25 +94,31 @@ def train_loop(state, step_fn: Callable, data_iterator: Iterator, num_steps: int
                 raise NonFiniteError(s, "train state (params / statistics / optimizer)",
                                      last_good=ckpt.latest_step())
             window.append(metrics)
+        if pending:
+            report(pending[-1][0])
         pending.clear()
 
     try:
         while step < num_steps:
+            started = time.perf_counter()
             host_batch = next(data_iterator)
+            input_wait += time.perf_counter() - started
             batch_size = batch_size or len(jax.tree.leaves(host_batch)[0]) * jax.process_count()
             progress = progress or Progress(num_steps, step, batch_size)
             state, metrics, finite = train_step(state, shard_batch(host_batch, mesh))
             step += 1
             pending.append((step, metrics, finite))
-            if on_step is not None:
-                on_step(step)
+            if len(pending) > 1:  # one step ahead: wait for the previous one (no transfer)
+                jax.block_until_ready(pending[-2][2])
+                report(step - 1)
             last = step == num_steps
             if (config.log_every and step % config.log_every == 0) or last:
                 flush()
                 means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
                 window.clear()
                 writer.scalars(step, means, "train")
-                say(progress.line(step, means))
+                say(progress.line(step, means, input_wait))
+                input_wait = 0.0
             eval_metrics = None
             if eval_fn is not None and ((config.eval_every and step % config.eval_every == 0) or last):
                 flush()  # never evaluate (or save) past an unnoticed NaN

@@ -98,15 +98,17 @@ class MetricsWriter:
 
 
 class Progress:
-    """Console line every call: step, loss-like metrics, steps/s (and images/s), ETA."""
+    """Console line every call: step, loss-like metrics, steps/s (and images/s), ETA, and the share of the
+    time since the last line spent waiting for input (`input_wait` seconds, when given)."""
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int | None = None):
         self.total, self.batch_size = total_steps, batch_size
         self._last_step, self._last_time = start_step, time.perf_counter()
 
-    def line(self, step: int, metrics: Mapping[str, float]) -> str:
+    def line(self, step: int, metrics: Mapping[str, float], input_wait: float | None = None) -> str:
         now = time.perf_counter()
-        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        spent = max(now - self._last_time, 1e-9)
+        rate = (step - self._last_step) / spent
         self._last_step, self._last_time = step, now
         eta = (self.total - step) / rate if rate > 0 else float("inf")
         parts = [f"step {step}/{self.total}"] + [f"{k} {v:.4g}" for k, v in metrics.items()]
@@ -114,6 +116,8 @@ class Progress:
         if self.batch_size:
             parts.append(f"{rate * self.batch_size:.1f} images/s")
         parts.append(f"ETA {_duration(eta)}")
+        if input_wait is not None:
+            parts.append(f"input wait {100 * min(input_wait / spent, 1.0):.0f}%")
         return " | ".join(parts)
 
 
