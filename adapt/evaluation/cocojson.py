@@ -288,6 +288,7 @@ def ground_truth_from_arrays(image_ids, boxes, labels, heights, widths, class_na
 
 
 def write_json(obj, path):
-    """Write ``obj`` as JSON (the format both this evaluator and pycocotools read)."""
+    """Write ``obj`` as JSON (the format both this evaluator and pycocotools read). ``json.dumps`` runs the C
+    encoder, ``json.dump`` the pure-Python one (2x slower on a test split's 25 000 detections); same bytes."""
     with open(path, 'w', encoding='utf-8') as f:
-        json.dump(obj, f)
+        f.write(json.dumps(obj))

@@ -38,16 +38,19 @@ def parse_frame_sizes(text, train_size):
 def frame_costs(config, num_classes, sizes, steps=5, warmup=1):
     """Inference on one frame (batch 1, one device) at each (h, w) of `sizes`: ms and GFLOPs of the whole
     detector (forward pass + post-processing) and, for the translated family, of the translation and the
-    detection alone -> [{'size', 'part', 'ms', 'gflops'}]."""
+    detection alone -> [{'size', 'part', 'ms', 'gflops'}]. The families are fully convolutional (their
+    parameters do not depend on the input size), so the variables initialised at the first size serve
+    every size: one compiled initialisation, not one per size (seconds each at 720x1280)."""
     import jax
     import ml_collections
     from adapt.run_models import build_detector
     from adapt.models.translated import TranslatedDetector
-    rows = []
+    rows, variables = [], None
     for h, w in sizes:
         sized = ml_collections.ConfigDict({**config.to_dict(), 'image_size': (h, w)})  # int field: rebuild
         detector = build_detector(sized, num_classes)
-        variables = jax.device_get(detector.init(jax.random.key(0, impl='rbg')))
+        if variables is None:
+            variables = jax.device_get(detector.init(jax.random.key(0, impl='rbg')))
         frame = np.random.default_rng(0).uniform(0, 1, (1, h, w, 3)).astype(np.float32)
         parts = {'detector': lambda v, x, d=detector: d.postprocess(d.apply(v, x)[0])}
         if isinstance(detector, TranslatedDetector):

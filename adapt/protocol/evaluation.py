@@ -75,24 +75,22 @@ def _frame_costs(config_json: str, num_classes: int, sizes: str):
     return tuple(r for r in frame_costs(config, num_classes, parsed) if r['part'] == 'detector')
 
 
-def _pooled_features(run, detector, batches, limit):
-    """Global-average-pooled deepest backbone features of the first `limit` images (translated first for a
-    translated detector: the features the detector computes), through a jitted extractor (run eagerly,
-    the backbone compiled one program per operation)."""
+def _pooled_features(run, detector, images, batch_size):
+    """Global-average-pooled deepest backbone features [N, C] of `images` [N, H, W, 3] (translated first for
+    a translated detector: the features the detector computes), `batch_size` at a time through a jitted
+    extractor (run eagerly, the backbone compiled one program per operation)."""
     from adapt.evaluation.translation_eval import pooled_features_fn
     from adapt.models.frozen_features import from_detector
     from adapt.models.translated import TranslatedDetector
     extract = from_detector(detector, run.variables())
     pooled = pooled_features_fn(extract, extract.levels[-1])
     rows = []
-    for batch in batches:
-        images = batch['image']
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
         if isinstance(detector, TranslatedDetector):
-            images = detector.translate(images)
-        rows.append(np.asarray(pooled(images))[np.asarray(batch['valid'], bool)])
-        if sum(len(r) for r in rows) >= limit:
-            break
-    return np.concatenate(rows)[:limit]
+            batch = detector.translate(batch)
+        rows.append(np.asarray(pooled(batch)))
+    return np.concatenate(rows)
 
 
 def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
@@ -100,7 +98,7 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
     curves, features, costs, examples and the oracle-selected column (the methods' rows)."""
     from adapt.evaluation import write_json
     from adapt.evaluation.curves import precision_recall
-    from adapt.evaluation.detector_eval import Evaluator, eval_pipeline
+    from adapt.evaluation.detector_eval import Evaluator
     from adapt.evaluation.transfer import bootstrap_values, proxy_a_distance
     from adapt.evaluation.voc import match_detections
     from adapt.models.inference import draw_detections, voc_inputs
@@ -111,12 +109,12 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
     detector, mesh = run_detector(run), make_mesh()
     model = evaluated_model(run)
     variables = replicate(model_variables(run, model), mesh)
-    target = domains[config.target]
+    source, target = domains[config.source], domains[config.target]
     result = {'method': run.config.method, 'model': model, 'step': run.step, 'uses_target_labels':
               bool(run.record.get('uses_target_labels')), 'samples': run.record.get('samples', {}),
               'params': count_params(model_variables(run, model)['params']) + translator_params(run.config),
               'test': {}, 'files': {}}
-    examples, boot = {}, {}
+    examples, boot, kept = {}, {}, {}  # kept: the proxy A-distance's images, decoded once with the test set
     # One evaluator (one compiled predict function) per dataset: its test splits share it.
     evaluators = {name: Evaluator(run.config, builders(name), detector,
                                   [d.test for d in domains.values() if d.dataset == name], mesh)
@@ -124,8 +122,9 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
     for dom in domains.values():
         ctx.print_fn(f'  {ctx.name}: {dom.name} test ({dom.dataset} {dom.test}) ...')
         evaluator = evaluators[dom.dataset]
-        keep = config.num_examples if full and dom.name == target.name else 0
-        metrics, pred, gt, dets = evaluator.evaluate(variables, dom.test, keep_images=keep)
+        shown = config.num_examples if full and dom.name == target.name else 0
+        featured = config.feature_images if full and dom.name in (source.name, target.name) else 0
+        metrics, pred, gt, dets = evaluator.evaluate(variables, dom.test, keep_images=max(shown, featured))
         files = {'detections': f'detections_{dom.name}.json', 'ground_truth': f'ground_truth_{dom.name}.json'}
         write_json(dets, os.path.join(ctx.workdir, files['detections']))
         write_json(gt, os.path.join(ctx.workdir, files['ground_truth']))
@@ -135,12 +134,15 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
             for metric in ('AP50', 'AP'):
                 boot[f'{dom.name}/{metric}'] = bootstrap_values(gt, dets, metric, config.bootstrap_samples)
         result['test'][dom.name], result['files'][dom.name] = entry, files
-        if keep:
-            examples = {'raw': np.round(pred['images'] * 255).astype(np.uint8), 'drawn': np.stack([
+        if featured:
+            kept[dom.name] = pred['images'][:featured]
+        if shown:
+            images = pred['images'][:shown]
+            examples = {'raw': np.round(images * 255).astype(np.uint8), 'drawn': np.stack([
                 draw_detections(*args, evaluator.names, gt_boxes=g, scale=2) for *args, g in zip(
-                    pred['images'], pred['canvas_boxes'], pred['classes'], pred['scores'], pred['canvas_gt_boxes'])])}
+                    images, pred['canvas_boxes'], pred['classes'], pred['scores'], pred['canvas_gt_boxes'])])}
             if hasattr(detector, 'translate'):
-                examples['translated'] = np.round(np.asarray(detector.translate(pred['images'])) * 255).astype(np.uint8)
+                examples['translated'] = np.round(np.asarray(detector.translate(images)) * 255).astype(np.uint8)
         if full and dom.name == target.name:
             curve = precision_recall(match_detections(*voc_inputs(pred), len(evaluator.names), 0.5))
             result['target_pr'] = {k: np.round(curve[k], 5).tolist() for k in ('recall', 'precision')}
@@ -150,10 +152,8 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
         np.savez(os.path.join(ctx.workdir, BOOTSTRAP_FILE), **boot)
     if not full:
         return result
-    source = domains[config.source]
-    batches = lambda dom: eval_pipeline(run.config, builders(dom.dataset), dom.test)  # noqa: E731
     try:
-        feats = [_pooled_features(run, detector, batches(d), config.feature_images) for d in (source, target)]
+        feats = [_pooled_features(run, detector, kept[d.name], run.config.eval_batch_size) for d in (source, target)]
         result['proxy_a_distance'] = float(proxy_a_distance(*feats))
     except (KeyError, ValueError) as error:  # a family without a backbone of ours (shared_latent)
         ctx.print_fn(f'  {ctx.name}: no proxy A-distance ({error})')
