@@ -104,7 +104,8 @@ def train_loop(state, step_fn: Callable, data_iterator: Iterator, num_steps: int
             host_batch = next(data_iterator)
             input_wait += time.perf_counter() - started
             batch_size = batch_size or len(jax.tree.leaves(host_batch)[0]) * jax.process_count()
-            progress = progress or Progress(num_steps, step, batch_size)
+            if progress is None:  # its clock starts now: the first batch's wait is the pipeline's start-up
+                progress, input_wait = Progress(num_steps, step, batch_size), 0.0
             state, metrics, finite = train_step(state, shard_batch(host_batch, mesh))
             step += 1
             pending.append((step, metrics, finite))
