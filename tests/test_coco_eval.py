@@ -1,20 +1,16 @@
 """adapt.evaluation.coco against pycocotools (test-only reference) on randomised, adversarial data."""
-import contextlib
-import copy
-import io
 import json
 import warnings
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from adapt.evaluation import (CocoFormatError, Params, detections_to_results, evaluate_coco,
                               ground_truth_from_arrays, load_detections, load_ground_truth)
 from adapt.evaluation.coco import SHORT_NAMES, evaluate_images, summary_values
 from adapt.evaluation.coco_accumulate import accumulate
 from adapt.evaluation.transfer import resample_images
+from tests.coco_reference import pycocotools_eval
 
 SEEDS = range(6)
 
@@ -77,20 +73,6 @@ def make_case(seed, num_images=40, num_cats=5):
     dets = [dets[i] for i in rng.permutation(len(dets))]
     images = [{'id': i, 'width': 640, 'height': 480} for i in img_ids]
     return {'images': images, 'annotations': anns, 'categories': [{'id': c, 'name': f'c{c}'} for c in cat_ids]}, dets
-
-
-def pycocotools_eval(gt, dets, configure=None):
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), 'bbox')
-        if configure:
-            configure(ev.params)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev
 
 
 def reference_per_category_ap(precision, iou_index=slice(None)):

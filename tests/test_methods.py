@@ -2,7 +2,7 @@
 term on, weight 0 == source only, target labels never matter to an unsupervised method.
 
 1 device == 4 devices for every method: each method's step is a subset of the terms and hooks of
-`test_hooks` below (pseudo_label and translate_train: the detection loss on both domains, tested as
+`HOOKS` below (pseudo_label and translate_train: the detection loss on both domains, tested as
 fine_tune with keep_source), plus its own checks where it adds something: mean_teacher (tests/test_mean_teacher.py),
 fine_tune's frozen groups (tests/test_fine_tune.py), shared_latent's detector (tests/test_shared_latent.py)."""
 import os
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from adapt.datasets.two_domain import ZipIterator
-from adapt.losses.adaptation import adaptation_loss, coral_loss, dann_image, entropy, mmd
-from adapt.methods.base import METHODS, Method, get_method, register_method, resolve_terms
+from adapt.losses.adaptation import coral_loss, dann_image, entropy, mmd
+from adapt.methods.base import Method, get_method, resolve_terms
 from adapt.methods.trainer import init_state, setup
 from adapt.registry import RegistryError
 from adapt.training import data_parallel, make_mesh, replicate, shard_batch, to_host
@@ -25,7 +25,7 @@ from tests.tiny_config import tiny_config
 EVERY_LOSS = 'dann_image:0.1,dann_instance:0.1,mmd:1.0,coral:1.0,entropy:0.1,lwf:1.0'
 
 
-def _distill(ctx):
+def distill(ctx):
     """Reads the teacher's outputs and the (transformed) source batch."""
     diff = ctx.source_outputs['cls_logits'] - ctx.teacher_outputs['source']['cls_logits']
     return jnp.mean(diff ** 2), {'corner': jnp.mean(ctx.source['image'][:, 0, 0, 0])}
@@ -36,16 +36,17 @@ def _count_update(state):
     return state.replace(aux={**state.aux, 'method': {**method_aux, 'updates': method_aux['updates'] + 1}})
 
 
-if 'test_hooks' not in METHODS:  # every hook of a Method at once, on top of every built-in term
-    adaptation_loss('test_distill')(_distill)
-    register_method(Method(
-        'test_hooks', 'labelled target, every loss, a teacher, aux state, an after-update hook, a batch transform',
-        supervised=('target',), losses=EVERY_LOSS + ',test_distill:0.1',
-        init_aux=lambda v: {'teacher': {**v, 'params': jax.tree.map(lambda x: 0.95 * x, v['params'])},
-                            'updates': np.int32(0)},
-        teacher=lambda state: state.aux['method']['teacher'], after_update=_count_update,
-        transform_batch=lambda batch, key: {**batch, 'source': {**batch['source'],
-                                                                'image': batch['source']['image'][:, :, ::-1]}}))
+# Every hook of a Method at once, on top of every built-in term; the method and its extra loss are read by
+# path ('package.module:name', as a user's would be), so nothing is added to the global registries.
+DISTILL = 'tests.test_methods:distill'
+HOOKS = Method(
+    'test_hooks', 'labelled target, every loss, a teacher, aux state, an after-update hook, a batch transform',
+    supervised=('target',), losses=f'{EVERY_LOSS},{DISTILL}:0.1',
+    init_aux=lambda v: {'teacher': {**v, 'params': jax.tree.map(lambda x: 0.95 * x, v['params'])},
+                        'updates': np.int32(0)},
+    teacher=lambda state: state.aux['method']['teacher'], after_update=_count_update,
+    transform_batch=lambda batch, key: {**batch, 'source': {**batch['source'],
+                                                            'image': batch['source']['image'][:, :, ::-1]}})
 NO_SCHEDULE = dict(dann_image=dict(level='', hidden=8, gamma=0.0), dann_instance=dict(hidden=8, gamma=0.0))
 
 
@@ -85,20 +86,20 @@ def test_one_device_equals_four_with_every_term_on():
     the target, the source pass (BatchNorm statistics from it), both domain classifiers, MMD, CORAL,
     entropy and LwF's distillation, with the EMA and every Method hook on. Parameters (classifiers included), statistics, the
     EMA, the aux state and every metric agree."""
-    config = tiny_config(method='test_hooks', ema_decay=0.9, num_steps=10)
+    config = tiny_config(method='tests.test_methods:HOOKS', ema_decay=0.9, num_steps=10)
     config.adaptation_hparams.update(NO_SCHEDULE)  # reversal coefficient 1 at step 0 (the schedule gives 0)
     batch = {'source': _batch(0), 'target': _batch(1)}
     state, one = _stepper(config, 1)
     (s1, m1), (s4, m4) = one(state, batch), _stepper(config, 4)[1](state, batch)
     _assert_trees((s1.params, s1.batch_stats, s1.aux), (s4.params, s4.batch_stats, s4.aux))
     assert set(m1) == set(m4) >= {'detection_target', 'dann_image', 'dann_instance', 'mmd', 'coral', 'entropy',
-                                  'lwf', 'test_distill'}
+                                  'lwf', DISTILL}
     for k in m1:
         np.testing.assert_allclose(m1[k], m4[k], rtol=1e-4, atol=1e-6, err_msg=k)
     # the hooks: the batch transform (a left-right flip) ran first, the teacher (0.95 x the weights) is not the student, the
     # after-update hook ran once, and the EMA moved 10 % of the way to the updated weights
-    np.testing.assert_allclose(m1['test_distill/corner'], batch['source']['image'][:, 0, -1, 0].mean(), rtol=1e-6)
-    assert m1['test_distill'] > 0 and int(s1.aux['method']['updates']) == 1
+    np.testing.assert_allclose(m1[f'{DISTILL}/corner'], batch['source']['image'][:, 0, -1, 0].mean(), rtol=1e-6)
+    assert m1[DISTILL] > 0 and int(s1.aux['method']['updates']) == 1
     _assert_trees(s1.aux['ema'], jax.tree.map(lambda a, b: 0.9 * a + 0.1 * b,
                                               {'params': state.params['detector'], 'batch_stats': state.batch_stats},
                                               {'params': s1.params['detector'], 'batch_stats': s1.batch_stats}))

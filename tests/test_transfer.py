@@ -1,17 +1,12 @@
 """adapt.evaluation.transfer against independent references: pycocotools, hand-built sets, hand numbers."""
-import contextlib
-import copy
-import io
-
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from adapt.evaluation import evaluate_coco, load_detections, load_ground_truth
 from adapt.evaluation.transfer import (bootstrap_ci, bootstrap_interval, bootstrap_values, domain_classifier_error,
                                        domain_gap, forgetting, gap_closed, proxy_a_distance, resample_images,
                                        transfer_matrix_metrics)
+from tests.coco_reference import bootstrap_draws, pycocotools_eval, pycocotools_summary, resampled_set
 
 
 def make_set(seed=0, num_images=20, num_cats=3):
@@ -38,24 +33,13 @@ def make_set(seed=0, num_images=20, num_cats=3):
     return {'images': images, 'annotations': anns, 'categories': cats}, dets
 
 
-def pycocotools_stats(gt, dets):
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), 'bbox')
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
-
 
 # ---------------------------------------------------------------------------------------------- bootstrap
 
 @pytest.mark.parametrize('metric, index', [('AP50', 1), ('AP', 0), ('APs', 3), ('AR100', 8)])
 def test_point_value_is_pycocotools(metric, index):
     gt, dets = make_set(0)
-    ref = pycocotools_stats(gt, dets)
+    ref = pycocotools_eval(gt, dets).stats
     value, low, high = bootstrap_ci(gt, dets, metric, num_samples=50)
     assert value == pytest.approx(ref[index], abs=1e-12)
     assert 0 < value < 1 and low <= value <= high
@@ -85,9 +69,9 @@ def test_interval_of_several_seeds_is_of_the_per_resample_mean_without_undefined
 def make_tied_set(seed=0, num_images=24):
     """A set where the order of the merge by score matters everywhere: scores from four values (ties within an
     image, also between a true and a false positive, and across images), crowd regions with detections on
-    them, a matched object with annotation id 0, category 3 in images 1 and 7 only, small objects in images 0
-    and 5 only (APs is undefined on some resamples), and 120 objects of one category in image 4, each
-    detected with the same score: the last ones beyond maxDets."""
+    them, category 3 in images 1 and 7 only, small objects in images 0 and 5 only (APs is undefined on
+    some resamples), and 120 objects of one category in image 4, each detected with the same score: the
+    last ones beyond maxDets."""
     rng = np.random.default_rng(seed)
     images = [{'id': 3 * i + 2} for i in range(num_images)]
     anns, dets = [], []
@@ -117,7 +101,6 @@ def make_tied_set(seed=0, num_images=24):
         if n == 4:
             for k in range(120):
                 add(image, 2, [float(k % 12) * 40, float(k // 12) * 40, 30.0, 30.0], score=0.3)
-    anns[1]['id'] = 0  # pycocotools counts its match as a miss
     cats = [{'id': c, 'name': f'c{c}'} for c in (1, 2, 3)]
     return {'images': images, 'annotations': anns, 'categories': cats}, dets
 
@@ -125,18 +108,16 @@ def make_tied_set(seed=0, num_images=24):
 SCORES = (0.3, 0.5, 0.7, 0.9)
 
 
-def test_bootstrap_values_are_the_metrics_of_the_resampled_sets():
+def test_bootstrap_values_are_pycocotools_on_the_resampled_sets():
+    """Every resample written out by hand as a data set of its own (a twice-drawn image twice) and
+    evaluated by pycocotools: the tied set's merge order, crowds, maxDets and undefined APs included."""
     gt, dets = make_tied_set()
-    with pytest.warns(UserWarning, match='annotation id 0'):
-        g = load_ground_truth(gt)
-    d = load_detections(dets, g)
-    num_samples, n = 30, len(gt['images'])
-    draws = np.random.default_rng(5).integers(0, n, size=(num_samples, n))
-    # The reference: every resample built as a data set of its own and evaluated from scratch.
-    expected = [evaluate_coco(*resample_images(g, d, draw)).summary() for draw in draws]
+    num_samples = 30
+    draws = bootstrap_draws(len(gt['images']), num_samples, seed=5)
+    expected = [pycocotools_summary(*resampled_set(gt, dets, draw)) for draw in draws]
     for metric in ('AP50', 'AP', 'APs', 'ARl', 'AR1'):
-        values = bootstrap_values(g, d, metric, num_samples=num_samples, seed=5)
-        np.testing.assert_array_equal(values, [e[metric] for e in expected], err_msg=metric)
+        values = bootstrap_values(gt, dets, metric, num_samples=num_samples, seed=5)
+        np.testing.assert_allclose(values, [e[metric] for e in expected], rtol=0, atol=1e-12, err_msg=metric)
     # The set covers what it should: resamples that differ, undefined APs, resamples without category 3.
     assert np.unique([e['AP'] for e in expected]).size == num_samples
     small = np.array([e['APs'] for e in expected])
@@ -189,7 +170,7 @@ DUPLICATED_DETS = [
 
 
 def test_image_drawn_twice_counts_twice_like_pycocotools_on_a_duplicated_set():
-    ref = pycocotools_stats(DUPLICATED_GT, DUPLICATED_DETS)
+    ref = pycocotools_eval(DUPLICATED_GT, DUPLICATED_DETS).stats
     g = load_ground_truth(TINY_GT)
     new_gt, new_dets = resample_images(g, load_detections(TINY_DETS, g), [1, 1, 0])
     ours = evaluate_coco(new_gt, new_dets)
@@ -199,7 +180,7 @@ def test_image_drawn_twice_counts_twice_like_pycocotools_on_a_duplicated_set():
     # Counting image 9 once gives a different AP50: the duplicate is not collapsed.
     once = [d for d in DUPLICATED_DETS if d['image_id'] != 3]
     once_gt = dict(DUPLICATED_GT, images=DUPLICATED_GT['images'][:2], annotations=DUPLICATED_GT['annotations'][:3])
-    assert abs(pycocotools_stats(once_gt, once)[1] - ref[1]) > 0.01
+    assert abs(pycocotools_eval(once_gt, once).stats[1] - ref[1]) > 0.01
 
 
 @pytest.mark.parametrize('kwargs, message', [
