@@ -167,10 +167,10 @@ def test_gaussian_blur_matches_numpy():
     np.testing.assert_allclose(got, _np_blur(image, 1.3, 4), atol=1e-5)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_erase_fills_one_rectangle_of_the_drawn_size(seed):
+@pytest.mark.parametrize("seed, fill", [(0, "mean"), (1, "uniform"), (2, "mean"), (3, "uniform")])
+def test_random_erase_fills_one_rectangle_of_the_drawn_size(seed, fill):
     image = _rng_image(40, 50, seed=6)
-    out = aug.random_erase(tf.constant(image), tf.constant([seed, 7]), 1.0, 0.05, 0.2, 0.3, 3.3).numpy()
+    out = aug.random_erase(tf.constant(image), tf.constant([seed, 7]), 1.0, 0.05, 0.2, 0.3, 3.3, fill=fill).numpy()
     ys, xs = np.nonzero(np.any(out != image, axis=-1))
     h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     inside = np.zeros(image.shape[:2], bool)
@@ -180,6 +180,22 @@ def test_random_erase_fills_one_rectangle_of_the_drawn_size(seed):
     assert out.min() >= 0 and out.max() <= 1
     never = aug.random_erase(tf.constant(image), tf.constant([seed, 7]), 0.0, 0.05, 0.2, 0.3, 3.3).numpy()
     np.testing.assert_array_equal(never, image)
+
+
+def test_erasing_a_dark_image_fills_with_its_own_mean_colour():
+    """A night-like frame (mean about 0.07) with one lit object: the erased rectangle holds the frame's mean
+    colour, per channel (NumPy), so it is never brighter than the frame it hides part of."""
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0.0, 0.15, (48, 64, 3)).astype(np.float32)
+    image[20:28, 30:40] = (0.9, 0.8, 0.3)
+    out = aug.random_erase(tf.constant(image), tf.constant([5, 7]), 1.0, 0.05, 0.2, 0.3, 3.3).numpy()
+    erased = np.any(out != image, axis=-1)
+    assert 0.04 * erased.size <= erased.sum() <= 0.21 * erased.size
+    np.testing.assert_allclose(out[erased], np.broadcast_to(image.mean((0, 1), dtype=np.float64), out[erased].shape),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(out[~erased], image[~erased])
+    with pytest.raises(ValueError, match="erase_fill 'noise'; valid choices: mean, uniform"):
+        aug.StrongAugmentConfig(erase_fill="noise")
 
 
 def test_strong_view_is_seeded_and_in_range():

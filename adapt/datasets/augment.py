@@ -202,6 +202,9 @@ def pad_to_canvas(image, top, left, target_h: int, target_w: int, pad_value: flo
 
 
 # ------------------------------------------------------------------------------------ strong view
+ERASE_FILLS = ('mean', 'uniform')
+
+
 @dataclasses.dataclass(frozen=True)
 class StrongAugmentConfig:
     """The strong view of self-training (Unbiased / Adaptive Teacher's torchvision recipe), photometric only
@@ -210,8 +213,11 @@ class StrongAugmentConfig:
     With `jitter_prob`: colour jitter as torchvision's ColorJitter in a fixed order: brightness x U(1-b, 1+b),
     then contrast, saturation and hue as AugmentConfig's. With `greyscale_prob`: greyscale. With `blur_prob`: a
     Gaussian blur, sigma ~ U(blur_sigma) pixels. Then every `erasing` entry (p, min_area, max_area,
-    min_aspect, max_aspect) is torchvision's RandomErasing(p, scale, ratio, value='random'): up to 10 draws of
-    an area fraction and a height/width aspect (log-uniform); the first that fits is filled with U(0, 1) noise.
+    min_aspect, max_aspect) is torchvision's RandomErasing(p, scale, ratio): up to 10 draws of an area fraction
+    and a height/width aspect (log-uniform); the first that fits is filled as `erase_fill` says: 'mean', the
+    image's own mean colour (what is erased is hidden without adding anything brighter than the frame: on a
+    night frame of mean 0.1, U(0, 1) noise of mean 0.5 is the brightest thing in it), or 'uniform', U(0, 1)
+    noise (torchvision's value='random').
     """
 
     jitter_prob: float = 0.8
@@ -224,8 +230,11 @@ class StrongAugmentConfig:
     blur_sigma: Tuple[float, float] = (0.1, 2.0)
     erasing: Tuple[Tuple[float, float, float, float, float], ...] = (
         (0.7, 0.05, 0.2, 0.3, 3.3), (0.5, 0.02, 0.2, 0.1, 6.0), (0.3, 0.02, 0.2, 0.05, 8.0))
+    erase_fill: str = 'mean'
 
     def __post_init__(self):
+        if self.erase_fill not in ERASE_FILLS:
+            raise ValueError(f"erase_fill {self.erase_fill!r}; valid choices: {', '.join(ERASE_FILLS)}")
         if not (0.0 <= min(self.brightness, self.contrast, self.saturation) <= max(
                 self.brightness, self.contrast, self.saturation) <= 1.0 and 0.0 <= self.hue <= 0.5):
             raise ValueError("strong brightness, contrast and saturation must lie in [0, 1], hue in [0, 0.5]")
@@ -257,8 +266,9 @@ def gaussian_blur(image, sigma, radius: int):
     return out[0]
 
 
-def random_erase(image, seed, prob, min_area, max_area, min_aspect, max_aspect, trials: int = 10):
-    """torchvision's RandomErasing(prob, (min_area, max_area), (min_aspect, max_aspect), value='random')."""
+def random_erase(image, seed, prob, min_area, max_area, min_aspect, max_aspect, trials: int = 10, fill='mean'):
+    """torchvision's RandomErasing(prob, (min_area, max_area), (min_aspect, max_aspect)), the rectangle filled
+    with the image's mean colour (`fill` 'mean') or U(0, 1) noise ('uniform': value='random')."""
     coin_seed, box_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     shape = tf.shape(image)
     h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -274,7 +284,11 @@ def random_erase(image, seed, prob, min_area, max_area, min_aspect, max_aspect, 
     on = (tf.random.stateless_uniform([], coin_seed) < prob) & tf.reduce_any(fits)
     ys, xs = tf.range(h)[:, None], tf.range(w)[None, :]
     inside = (ys >= top) & (ys < top + eh) & (xs >= left) & (xs < left + ew) & on
-    return tf.where(inside[..., None], tf.random.stateless_uniform(shape, noise_seed), image)
+    if fill == 'mean':
+        patch = tf.broadcast_to(tf.reduce_mean(image, axis=[0, 1]), shape)
+    else:
+        patch = tf.random.stateless_uniform(shape, noise_seed)
+    return tf.where(inside[..., None], patch, image)
 
 
 def strong_view(image, seed, cfg: StrongAugmentConfig):
@@ -290,5 +304,5 @@ def strong_view(image, seed, cfg: StrongAugmentConfig):
     sigma = lo + (hi - lo) * tf.random.stateless_uniform([], seeds[2])
     image = tf.cond(coins[2] < cfg.blur_prob, lambda: gaussian_blur(image, sigma, math.ceil(3 * hi)), lambda: image)
     for entry, erase_seed in zip(cfg.erasing, seeds[3:]):
-        image = random_erase(image, erase_seed, *entry)
+        image = random_erase(image, erase_seed, *entry, fill=cfg.erase_fill)
     return image

@@ -127,7 +127,8 @@ def base_config():
     c.strong_augment = ml_collections.ConfigDict(dict(
         domains='', jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, greyscale_prob=0.2,
         blur_prob=0.5, blur_sigma=(0.1, 2.0),   # pixels of the canvas
-        erasing=((0.7, 0.05, 0.2, 0.3, 3.3), (0.5, 0.02, 0.2, 0.1, 6.0), (0.3, 0.02, 0.2, 0.05, 8.0))))
+        erasing=((0.7, 0.05, 0.2, 0.3, 3.3), (0.5, 0.02, 0.2, 0.1, 6.0), (0.3, 0.02, 0.2, 0.05, 8.0)),
+        erase_fill='mean'))           # 'mean': the image's own mean colour; 'uniform': U(0, 1) noise
     c.log_every = 50
     c.checkpoint_every = 200
     c.eval_every = 500                # and at the end; 0: at the end only
