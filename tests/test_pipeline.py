@@ -51,6 +51,49 @@ def test_eval_batches_content_shapes_and_padding():
         next(it)
 
 
+def test_unlabelled_batches_are_a_function_of_the_images_alone():
+    """Every box and label perturbed (moved, resized, relabelled, some objects dropped): an unlabelled
+    pipeline's batches, crop, flip, colour and strong view included, stay bit-identical; a labelled one's
+    crops follow the boxes, so its images change (the perturbation reaches what a box-driven crop reads)."""
+    examples = [_example(i, size=(48, 40), num_objects=3) for i in range(8)]
+    rng = np.random.default_rng(0)
+    perturbed = []
+    for ex in examples:
+        lo = rng.uniform(0, 0.6, (2, 2))
+        bbox = np.concatenate([lo, lo + rng.uniform(0.05, 0.4, (2, 2))], -1).astype(np.float32)
+        perturbed.append({**ex, "objects": {"bbox": bbox, "label": np.array([3, 2]), "is_difficult": np.ones(2, bool)}})
+    augment = aug.AugmentConfig(crop_min_ious=(0.3, 0.5, 0.7, 0.9))
+    settings = dict(seed=4, augment=augment, strong_augment=aug.StrongAugmentConfig())
+
+    def batches(data, labelled):
+        return _take(_pipe(_dataset(data), labelled=labelled, **settings), 3)
+
+    for a, b in zip(batches(examples, False), batches(perturbed, False)):
+        _assert_batches_equal(a, b)
+        assert not a["mask"].any() and "difficult" not in a
+    assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(batches(examples, True),
+                                                                           batches(perturbed, True)))
+
+
+@pytest.mark.parametrize("min_ious, crops", [((0.5, 0.9), True), ((None,), False)])
+def test_box_free_crop_follows_the_drawn_option(min_ious, crops):
+    """Without boxes a drawn minimum IoU crops (a window of the allowed scale and aspect), None keeps the
+    whole image; the crop cuts exactly that window."""
+    cfg = aug.AugmentConfig(crop_min_ious=min_ious, crop_scale=(0.3, 0.8))
+    image = tf.random.stateless_uniform([48, 40, 3], [1, 2])
+    for seed in range(5):
+        window = aug.sample_crop_window(None, 48, 40, tf.constant([seed, 3]), cfg).numpy()
+        if crops:
+            h, w = window[2:]
+            assert 0.3 * 48 - 1 <= h <= 0.8 * 48 + 1 and 0.3 * 40 - 1 <= w <= 0.8 * 40 + 1 and 0.5 <= w / h <= 2
+        else:
+            assert window.tolist() == [0, 0, 48, 40]
+        out, boxes, keep = aug.random_crop(image, None, tf.constant([seed, 3]), cfg)
+        top, left, h, w = window
+        np.testing.assert_array_equal(out.numpy(), image.numpy()[top:top + h, left:left + w])
+        assert boxes is None and keep is None
+
+
 class PipelineTinyDetection(tfds.core.GeneratorBasedBuilder):
     """A real TFDS builder (PNG images, image/id) so the builder path with SkipDecoding is exercised."""
     VERSION = tfds.core.Version("1.0.0")

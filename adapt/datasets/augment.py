@@ -22,7 +22,9 @@ class AugmentConfig:
     `crop_aspect` are drawn at once; the first window in which some box is kept (see below) with IoU >= the
     minimum is taken, else the whole image. Boxes are clipped to the window; a box is kept when
     `box_keep='center'`: its centre lies strictly inside the window, or `box_keep='area'`: at least
-    `min_visible` of its area lies inside. Boxes with no area left are always dropped.
+    `min_visible` of its area lies inside. Boxes with no area left are always dropped. Without boxes (an
+    unlabelled image: its labels must not steer its augmentation) the crop is box-free: a drawn minimum
+    other than None takes the first window of the allowed aspect.
     Colour jitter, in this order, each clipped to [0, 1]: brightness + U(-b, b), contrast x U(1-c, 1+c),
     saturation x U(1-s, 1+s), hue + U(-h, h) (hue in turns, h <= 0.5). A strength of 0 turns that op off.
     """
@@ -109,7 +111,8 @@ def boxes_in_window(boxes, windows, box_keep="center", min_visible=0.5):
 
 
 def sample_crop_window(boxes, height, width, seed, cfg: AugmentConfig):
-    """SSD random crop window as int32 pixels [top, left, crop_height, crop_width] (see AugmentConfig).
+    """SSD random crop window as int32 pixels [top, left, crop_height, crop_width] (see AugmentConfig);
+    `boxes` None: the box-free crop (the same draws, no box constraint).
 
     Candidates are snapped to whole pixels before they are tested, so the constraints hold for the exact
     window that is cut out.
@@ -127,9 +130,11 @@ def sample_crop_window(boxes, height, width, seed, cfg: AugmentConfig):
     left = tf.minimum(tf.floor(u[:, 3] * (wf - cw + 1.0)), wf - cw)
     windows = tf.stack([top / hf, left / wf, (top + ch) / hf, (left + cw) / wf], axis=-1)
     aspect_ok = (cw / ch >= cfg.crop_aspect[0]) & (cw / ch <= cfg.crop_aspect[1])
-    _, keep = boxes_in_window(boxes, windows, cfg.box_keep, cfg.min_visible)
-    good = keep & (_iou(windows, boxes) >= threshold)
-    valid = aspect_ok & tf.reduce_any(good, axis=1)
+    if boxes is None:
+        valid = aspect_ok & (threshold <= 1.0)
+    else:
+        _, keep = boxes_in_window(boxes, windows, cfg.box_keep, cfg.min_visible)
+        valid = aspect_ok & tf.reduce_any(keep & (_iou(windows, boxes) >= threshold), axis=1)
     first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
     chosen = tf.cast(tf.stack([top, left, ch, cw], axis=-1)[first], tf.int32)
     full = tf.stack([0, 0, tf.cast(height, tf.int32), tf.cast(width, tf.int32)])
@@ -148,8 +153,13 @@ def crop(image, boxes, window_px, box_keep="center", min_visible=0.5):
 
 
 def random_crop(image, boxes, seed, cfg: AugmentConfig):
+    """(image, boxes, keep) of `sample_crop_window`'s crop; `boxes` None: the box-free crop of the image alone
+    (then (image, None, None))."""
     shape = tf.shape(image)
     window_px = sample_crop_window(boxes, shape[0], shape[1], seed, cfg)
+    if boxes is None:
+        top, left, h, w = tf.unstack(window_px)
+        return image[top:top + h, left:left + w, :], None, None
     return crop(image, boxes, window_px, cfg.box_keep, cfg.min_visible)
 
 

@@ -49,16 +49,18 @@ def _flatten(tree, prefix=""):
     return out
 
 
-def select_features(element_spec) -> dict:
-    """{short name: flat TFDS path} of the features the pipeline reads; ValueError when one is missing."""
+def select_features(element_spec, labelled: bool = True) -> dict:
+    """{short name: flat TFDS path} of the features the pipeline reads; ValueError when one is missing.
+    `labelled` False: no box, label or per-object flag is read at all."""
     available = _flatten(element_spec)
-    for name, path in REQUIRED.items():
+    required = REQUIRED if labelled else {"image": REQUIRED["image"]}
+    for name, path in required.items():
         if path not in available:
             raise ValueError(f"dataset lacks feature '{path}'; available: {', '.join(sorted(available))}")
-    found = {k: p for k, p in OPTIONAL.items() if p in available}
+    found = {k: p for k, p in OPTIONAL.items() if p in available and (labelled or k not in PER_OBJECT_BOOL)}
     if "image_id" in found and not available[found["image_id"]].dtype.is_integer:
         del found["image_id"]  # non-integer ids (e.g. file names): fall back to the source index
-    return {**REQUIRED, **found}
+    return {**required, **found}
 
 
 def _decode(image):
@@ -85,20 +87,27 @@ def prepare_example(example: dict, seed, *, image_size: Tuple[int, int], max_box
                     augment: Optional[aug.AugmentConfig] = None, letterbox: bool = False, pad_value: float = 0.5,
                     strong: Optional[aug.StrongAugmentConfig] = None):
     """One selected example (keys of `select_features`) -> fixed-shape tensors; augment=None for eval.
-    With `strong`, also `image_strong`: the strong view of `image` (same geometry, its own seed)."""
+    With `strong`, also `image_strong`: the strong view of `image` (same geometry, its own seed).
+    An example without 'bbox' (an unlabelled selection) gets no objects and the box-free crop: its output
+    is a function of its image alone."""
     target_h, target_w = image_size
     image = _decode(example["image"])
     original_size = tf.shape(image)[:2]
     image = tf.cast(image, tf.float32) / 255.0
-    boxes = tf.reshape(tf.cast(example["bbox"], tf.float32), [-1, 4])
-    per_object = {"labels": tf.cast(example["label"], tf.int32)}
-    per_object.update({k: tf.cast(example[k], tf.bool) for k in PER_OBJECT_BOOL if k in example})
+    labelled = "bbox" in example
+    if labelled:
+        boxes = tf.reshape(tf.cast(example["bbox"], tf.float32), [-1, 4])
+        per_object = {"labels": tf.cast(example["label"], tf.int32)}
+        per_object.update({k: tf.cast(example[k], tf.bool) for k in PER_OBJECT_BOOL if k in example})
+    else:
+        boxes, per_object = tf.zeros([0, 4], tf.float32), {"labels": tf.zeros([0], tf.int32)}
     if augment is not None:
         crop_seed, flip_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
         if augment.crops:
-            image, boxes, keep = aug.random_crop(image, boxes, crop_seed, augment)
-            boxes = tf.boolean_mask(boxes, keep)
-            per_object = {k: tf.boolean_mask(v, keep) for k, v in per_object.items()}
+            image, cropped, keep = aug.random_crop(image, boxes if labelled else None, crop_seed, augment)
+            if labelled:
+                boxes = tf.boolean_mask(cropped, keep)
+                per_object = {k: tf.boolean_mask(v, keep) for k, v in per_object.items()}
         if augment.flip_prob > 0:
             image, boxes = aug.random_flip(image, boxes, flip_seed, augment.flip_prob)
     shape = tf.shape(image)
@@ -191,7 +200,8 @@ class DetectionPipeline:
     endless; with `strong_augment`, batches also carry `image_strong` (see `prepare_example`). train=False:
     source order, no augmentation, one pass of ceil(N / G) batches with padding rows marked `valid=False`.
     The TF global seed (tf.random.set_seed) does not enter the training order.
-    `shuffle_buffer >= N` gives a full permutation per epoch.
+    `shuffle_buffer >= N` gives a full permutation per epoch. `labelled` False (an unlabelled domain): the
+    boxes and labels are never read, batches carry no objects and the crop is box-free (`prepare_example`).
     """
 
     def __init__(self, source: Union[str, tfds.core.DatasetBuilder, tf.data.Dataset], *, global_batch_size: int,
@@ -201,7 +211,8 @@ class DetectionPipeline:
                  strong_augment: Optional[aug.StrongAugmentConfig] = None, letterbox: bool = False,
                  pad_value: float = 0.5, shuffle_buffer: int = 1024, prefetch: int = 2,
                  process_index: Optional[int] = None, process_count: Optional[int] = None,
-                 local_device_count: Optional[int] = None, start_position: Optional[dict] = None):
+                 local_device_count: Optional[int] = None, start_position: Optional[dict] = None,
+                 labelled: bool = True):
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
         local_device_count = jax.local_device_count() if local_device_count is None else local_device_count
@@ -214,7 +225,7 @@ class DetectionPipeline:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} outside [0, {process_count})")
         ds = _load(source, split, data_dir)
-        self.features = select_features(ds.element_spec)
+        self.features = select_features(ds.element_spec, labelled)
         self.num_examples = _count(ds)
         self.train, self.seed, self.shuffle_buffer, self.prefetch = train, int(seed), shuffle_buffer, prefetch
         self.layout = _Layout(global_batch_size, local_batch, process_index)
