@@ -230,7 +230,7 @@ def reference_agreement(detector, outputs, fast) -> dict:
     """Images whose fast post-processing equals the plain reference path's, and the largest box gap."""
     import jax
     from adapt.boxes import clip_boxes, decode_boxes
-    from adapt.models.ssd import class_scores
+    from adapt.models.dense import class_scores
     from adapt.nms import multiclass_non_max_suppression
     settings = detector.postprocess_settings
     boxes = clip_boxes(decode_boxes(outputs['box_codes'], detector.anchors))

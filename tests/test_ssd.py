@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from adapt.evaluation import detections_to_results, evaluate_coco, ground_truth_from_arrays
+from adapt.models.dense import class_scores
 from adapt.models.families import build_detector
-from adapt.models.ssd import SSD, class_scores, level_ratios
+from adapt.models.ssd import SSD, level_ratios
 from tests.tiny_config import RATIOS, tiny_config
 
 

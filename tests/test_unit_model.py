@@ -136,7 +136,7 @@ def test_config_validation():
         unit.UNITConfig(pad_type='circular')
     with pytest.raises(ValueError, match='n_shared'):
         unit.UNITConfig(n_res=2, n_shared=3)
-    with pytest.raises(ValueError, match='unknown UNIT model keys'):
+    with pytest.raises(ValueError, match='unit model: unknown .*; valid choices: dim, '):
         unit.UNITConfig.from_mapping({'dims': 3})
 
 

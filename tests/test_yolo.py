@@ -9,7 +9,8 @@ import pytest
 
 from adapt.evaluation import detections_to_results, evaluate_coco, ground_truth_from_arrays
 from adapt.models.families import build_detector
-from adapt.models.yolo import derive_priors, score_logits
+from adapt.models.yolo import score_logits
+from adapt.models.yolo_detector import derive_priors
 from adapt.priors import kmeans_priors
 from tests.test_methods import _assert_trees, _batch, _stepper
 from tests.tiny_config import RESNET10, tiny_config
@@ -190,7 +191,7 @@ def test_instances_are_the_anchor_features_at_the_top_scores(detector):
 
     def instances(o, c, maps):
         outputs = {'cls_logits': score_logits(o, c)}
-        return outputs, detector._with_instances(outputs, maps)
+        return outputs, detector.with_instances(outputs, maps)
     outputs, features = jax.jit(instances)(o.astype(np.float32), c.astype(np.float32), maps)
     np.testing.assert_allclose(outputs['cls_logits'], np.log(score / (1 - score)), rtol=1e-5, atol=1e-5)
     top = np.argsort(-score.max(-1), axis=1, kind='stable')[:, :8]

@@ -7,8 +7,8 @@ with a context whose features are the detector's on a dummy batch (shapes are wh
 `ctx.detector`, `ctx.axis_name`. Losses are registered with `@adaptation_loss('name')`; the config names
 them as 'name:weight,...', and `package.module:function` imports a user's own (decorated or plain).
 
-Every statistic over the batch is taken over the global batch (`global_mean`, `gather_rows`), so one
-step on N devices equals one step on 1 device.
+Every statistic over the batch is taken over the global batch (`adapt.training.parallel.global_mean`,
+`gather_rows`), so one step on N devices equals one step on 1 device.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from adapt.losses.alignment import (coral, gaussian_mmd, gradient_reversal, grl_
                                     sigmoid_entropy, softmax_entropy)
 from adapt.losses.distillation import box_l2, sigmoid_kl, softmax_kl
 from adapt.registry import Registry
+from adapt.training.parallel import global_mean
 
 ADAPTATION_LOSSES = Registry('adaptation loss')
 
@@ -58,17 +59,6 @@ def get_loss(name: str) -> AdaptationLoss:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def global_mean(values, mask=None, axis_name=None):
-    """Masked mean of `values` over the global batch, as a per-device value whose mean over the devices
-    (what the data-parallel step takes) is that global mean."""
-    mask = jnp.ones(values.shape, bool) if mask is None else jnp.broadcast_to(mask, values.shape)
-    total = jnp.sum(jnp.where(mask, values, 0.0))
-    count = jnp.sum(mask).astype(jnp.float32)
-    if axis_name:
-        count = lax.pmean(count, axis_name)
-    return total / jnp.maximum(count, 1.0)
-
-
 def gather_rows(x, axis_name=None):
     """All devices' rows of `x` (the global batch); differentiable (its transpose sums the cotangents)."""
     return lax.all_gather(x, axis_name, tiled=True) if axis_name else x

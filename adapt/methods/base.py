@@ -98,7 +98,8 @@ class TrainData:
 
 @dataclasses.dataclass
 class StepContext:
-    """What a loss term sees in one step (on this device's shard; see `global_mean` for batch statistics).
+    """What a loss term sees in one step (on this device's shard; see `adapt.training.parallel.global_mean` for
+    batch statistics).
 
     source / target: the batches ({'image', and 'boxes', 'labels', 'mask' where labels are allowed});
     <domain>_outputs / <domain>_features: the trained detector's pass (None where no active term needs

@@ -1,8 +1,9 @@
 """The detector interface and the registry of detector families.
 
-A detector family (SSD, RetinaNet, ...) is a builder `build(config, num_classes, generator=None) -> Detector`
-registered under its name (the built-in ones in adapt.models.families, which also builds them);
-`config.detector` names the family and `config[name]` is the family's own settings block. The
+A detector family (SSD, RetinaNet, ...) is a builder `build(config, num_classes, image_size, generator=None) ->
+Detector` for images of `image_size` (h, w), registered under its name (the built-in ones in
+adapt.models.families, which also builds them, passing the config's image size); `config.detector` names the
+family and `config[name]` is the family's own settings block. The
 train step, the evaluator, inference and the frozen-feature code use only this interface:
 
   init(key) -> variables {'params', 'batch_stats'}

@@ -16,9 +16,11 @@ filled config is what run.json stores, so a loaded run rebuilds the same detecto
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from adapt.models import faster_rcnn, shared_latent, ssd, translated, yolo
+from adapt.models import faster_rcnn_detector, shared_latent, ssd, translated, yolo_detector
 from adapt.models.data_settings import DataSettings, settings_family, split_boxes
 from adapt.models.detector import DETECTORS, Detector
 from adapt.training.config import image_size
@@ -32,11 +34,12 @@ def register_family(name: str, build, data_settings: DataSettings | None = None)
         DATA_SETTINGS[name] = data_settings
 
 
-register_family('ssd', ssd.build_ssd)
-register_family('retinanet', ssd.build_retinanet)
+register_family('ssd', functools.partial(ssd.build, 'ssd'))
+register_family('retinanet', functools.partial(ssd.build, 'retinanet'))
 register_family('shared_latent', shared_latent.build)
-register_family('yolo', yolo.build, DataSettings(('anchors',), yolo.derive_priors))
-register_family('faster_rcnn', faster_rcnn.build, DataSettings(('anchor_sizes',), faster_rcnn.derive_anchor_sizes))
+register_family('yolo', yolo_detector.build, DataSettings(('anchors',), yolo_detector.derive_priors))
+register_family('faster_rcnn', faster_rcnn_detector.build,
+                DataSettings(('anchor_sizes',), faster_rcnn_detector.derive_anchor_sizes))
 register_family('translated', translated.build)
 
 
@@ -61,11 +64,11 @@ def build_detector(config, num_classes: int, generator=None) -> Detector:
     build = DETECTORS.get(config.detector)
     source = generator_source(config)
     if source is None:
-        return build(config, num_classes)
+        return build(config, num_classes, image_size(config))
     if generator is None:
         raise ValueError(f'{config.detector} reads the UNIT generator of {source[0]}: build it with '
                          f'adapt.run_models.build_detector, which loads that run')
-    return build(config, num_classes, generator)
+    return build(config, num_classes, image_size(config), generator)
 
 
 def missing_settings(config) -> list:

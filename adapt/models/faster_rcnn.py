@@ -2,7 +2,9 @@
 
 backbone -> (FPN) -> RPN over anchors -> proposals (adapt.models.rpn: fixed counts, no gradient) -> RoIAlign or
 RoI max pooling (adapt.roi_ops; with the FPN each RoI reads the level of FPN's canonical rule) -> two FC
-layers -> class logits (softmax with background column 0) and per-class box codes.
+layers -> class logits (softmax with background column 0) and per-class box codes. The backbone and the FPN
+are adapt.models.features' module (named 'features': the backbone at 'features/backbone' as in SSD, the FPN
+at 'features/fpn').
 
 `FasterRCNN(...).apply(variables, images01, train, labels)` returns (outputs, features):
   outputs: 'rpn_logits' [B, A] and 'rpn_codes' [B, A, 4] at `model.anchors(image_size)`; 'proposals' [B, R, 4]
@@ -14,40 +16,24 @@ layers -> class logits (softmax with background column 0) and per-class box code
     'instances' [B, K, D] (the RoI head's hidden features of the K best proposals, which carry their
     gradient), 'instance_logits' [B, K, C + 1] and 'instance_mask' [B, K] (DA-Faster's instance level).
 
-`FasterRCNNDetector` is the family behind `adapt.models.detector`: its loss matches the anchors and the proposal
-rows to the batch's boxes, samples anchors and RoIs with per-example keys and sums the four terms (RPN
-objectness BCE, RPN box smooth L1, RoI class cross-entropy, RoI box smooth L1 at the true class), each over
-the sampled count of the global batch. Matching happens in the loss, not in the forward pass, so labels
-given only to the loss (mean_teacher's pseudo-labels) work too; the proposals they are matched to then lack
-the appended boxes. Inference: per-class decoding of every proposal, score > 0.05, per-class greedy NMS 0.5,
-100 detections (`adapt.nms.multiclass_non_max_suppression` per image, exact inside shard_map).
+The loss: adapt.models.faster_rcnn_loss; the family behind the detector interface and its config:
+adapt.models.faster_rcnn_detector.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from adapt.anchors import grid_anchors
-from adapt.boxes import clip_boxes, decode_boxes
-from adapt.losses.adaptation import global_mean
-from adapt.losses.detection import smooth_l1
-from adapt.models.backbones import BACKBONES, FEATURE_STRIDES, preprocess
-from adapt.models.detector import Detector
-from adapt.models.layers import conv_init
-from adapt.models.rpn import ProposalSettings, RPNHead, propose, rpn_loss, sampled_targets
-from adapt.models.ssd import SSDDetector
-from adapt.nms import multiclass_non_max_suppression
-from adapt.postprocess import BOX_WEIGHTS
+from adapt.models.features import BackboneModel
+from adapt.models.backbones import FEATURE_STRIDES
+from adapt.models.rpn import ProposalSettings, RPNHead, propose
 from adapt.roi_ops import check_roi_op, fpn_levels, roi_align, roi_pool
-from adapt.training.config import image_size as config_image_size
-from adapt.training.parallel import example_keys
 
 FAMILY = 'faster_rcnn'
 
@@ -70,52 +56,6 @@ class RoISettings:
         return roi_align(maps, scales, boxes, levels, self.output_size, self.sampling_ratio, self.aligned)
 
 
-class FPN(nn.Module):
-    """Feature pyramid: 1x1 laterals, top-down nearest x2 upsampling + sum, 3x3 outputs (torchvision's
-    FeaturePyramidNetwork, no normalisation); with `pool_level`, an extra level subsampled from the last
-    (torchvision's LastLevelMaxPool, for the RPN only)."""
-    channels: int
-    pool_level: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, maps):
-        conv = functools.partial(nn.Conv, self.channels, kernel_init=conv_init, dtype=self.dtype)
-        laterals = [conv((1, 1), name=f'lateral{i}')(m) for i, m in enumerate(maps)]
-        merged = [laterals[-1]]
-        for lateral in reversed(laterals[:-1]):
-            up = jnp.repeat(jnp.repeat(merged[0], 2, axis=1), 2, axis=2)[:, :lateral.shape[1], :lateral.shape[2]]
-            merged.insert(0, lateral + up)
-        outputs = [conv((3, 3), name=f'output{i}')(x) for i, x in enumerate(merged)]
-        if self.pool_level:
-            outputs.append(outputs[-1][:, ::2, ::2])  # max pool, kernel 1, stride 2
-        return outputs
-
-
-class FasterRCNNFeatures(nn.Module):
-    """Backbone levels, then the FPN over them (named 'features', so the backbone sits at features/backbone as
-    in SSD). -> (backbone maps, RPN maps): the FPN levels, or the one backbone level without it."""
-    backbone: str
-    levels: Sequence[str]
-    width: float = 1.0
-    fpn: bool = True
-    fpn_channels: int = 256
-    pool_level: bool = False
-    frozen_bn: bool = False
-    axis_name: Optional[str] = None
-    dtype: Any = jnp.float32
-    backbone_kwargs: Any = None
-
-    @nn.compact
-    def __call__(self, images, train=False):
-        bn = dict(frozen_bn=self.frozen_bn, axis_name=self.axis_name, dtype=self.dtype)
-        x = preprocess(self.backbone, images).astype(self.dtype)
-        feats = BACKBONES[self.backbone](width=self.width, name='backbone', **bn, **dict(self.backbone_kwargs or {}))(
-            x, train=train)
-        maps = [feats[name] for name in self.levels]
-        if not self.fpn:
-            return maps, maps
-        return maps, FPN(self.fpn_channels, self.pool_level, self.dtype, name='fpn')(maps)
 
 
 class RoIHead(nn.Module):
@@ -139,12 +79,10 @@ class RoIHead(nn.Module):
                 x.astype(jnp.float32))
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(BackboneModel):
     """Faster R-CNN (see the module docstring).
 
-    Attributes:
-      num_classes: dataset classes (background not counted).
-      backbone / width / backbone_kwargs / frozen_bn / axis_name / dtype: see adapt.models.backbones.
+    Attributes (besides adapt.models.features.BackboneModel's):
       levels: backbone maps ('C2' = stride 4, ...): the FPN's inputs, or the one map RPN and RoIs read without it.
       fpn, fpn_channels, pool_level: the FPN; `pool_level` adds a stride-2 subsampled last level for the RPN.
       anchor_sizes: anchor sides in input pixels: one per RPN level with the FPN, any number (each at every
@@ -154,9 +92,7 @@ class FasterRCNN(nn.Module):
         instances.
       proposals: adapt.models.rpn.ProposalSettings; roi: RoISettings.
     """
-    num_classes: int
     backbone: str = 'resnet50'
-    width: float = 1.0
     levels: Sequence[str] = ('C2', 'C3', 'C4', 'C5')
     fpn: bool = True
     fpn_channels: int = 256
@@ -167,10 +103,6 @@ class FasterRCNN(nn.Module):
     instance_top_k: int = 64
     proposals: ProposalSettings = ProposalSettings()
     roi: RoISettings = RoISettings()
-    frozen_bn: bool = False
-    axis_name: Optional[str] = None
-    dtype: Any = jnp.float32
-    backbone_kwargs: Any = None
 
     @property
     def rpn_levels(self) -> tuple:
@@ -211,9 +143,12 @@ class FasterRCNN(nn.Module):
 
     def feature_module(self, **kwargs):
         """The backbone + FPN part; kwargs: `name` inside `__call__`, `parent=None` outside."""
-        return FasterRCNNFeatures(self.backbone, tuple(self.levels), self.width, self.fpn, self.fpn_channels,
-                                  self.pool_level, self.frozen_bn, self.axis_name, self.dtype, self.backbone_kwargs,
-                                  **kwargs)
+        return self.backbone_features(fpn_channels=self.fpn_channels if self.fpn else None,
+                                      pool_level=self.pool_level, **kwargs)
+
+    def rpn_maps(self, maps):
+        """The maps the RPN reads among the feature module's: the FPN levels, or the one backbone level."""
+        return maps[len(self.levels):] if self.fpn else maps
 
     def anchors_for(self, feature_sizes, image_size):
         """grid_anchors [A, 4] (normalised) of the RPN levels of these (h, w) sizes, for `image_size` inputs."""
@@ -223,14 +158,13 @@ class FasterRCNN(nn.Module):
     def anchors(self, image_size):
         """Anchors [A, 4] (NumPy, normalised yxyx) in the order of the RPN outputs for `image_size` images."""
         self.check()
-        dummy = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
-        (_, maps), _ = jax.eval_shape(self.feature_module(parent=None).init_with_output, jax.random.key(0), dummy)
-        return self.anchors_for([tuple(m.shape[1:3]) for m in maps], image_size)
+        return self.anchors_for(self.rpn_maps(self.feature_sizes(image_size)), image_size)
 
     @nn.compact
     def __call__(self, images, train=False, labels=None):
         self.check()
-        backbone_maps, maps = self.feature_module(name='features')(images, train)
+        all_maps = self.feature_module(name='features')(images, train)
+        backbone_maps, maps = all_maps[:len(self.levels)], self.rpn_maps(all_maps)
         image_size = tuple(images.shape[1:3])
         rpn_logits, rpn_codes = RPNHead(self.anchors_per_location, self.dtype, name='rpn')(maps)
         sizes = [tuple(m.shape[1:3]) for m in maps]
@@ -260,174 +194,3 @@ class FasterRCNN(nn.Module):
         first = int(np.log2(self.strides[0]))
         levels = fpn_levels(pixels, first, first + len(maps) - 1, self.roi.canonical_scale, self.roi.canonical_level)
         return jax.vmap(lambda ms, b, lv: self.roi.extract(ms, scales, b, lv))(list(maps), pixels, levels)
-
-
-# ------------------------------------------------------------------------------------- losses, inference
-def per_example_keys(key, batch_size, axis_name=None):
-    """`example_keys` inside a data-parallel step; outside one (a single device) the same keys, device 0's."""
-    if axis_name:
-        return example_keys(key, batch_size, axis_name)
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch_size))
-
-
-def roi_loss(outputs, batch, keys, *, matcher, num_samples, positive_fraction, beta, axis_name):
-    """RoI class cross-entropy and box smooth L1 of the true class (on the positives) over each image's sampled
-    proposal rows, both divided by the sampled count of the global batch. -> (cls, box, positives)."""
-    gt = {k: batch[k] for k in ('boxes', 'labels', 'mask')}
-    per_image = lambda k, p, v, g: sampled_targets(k, p, v, g, matcher, num_samples, positive_fraction,  # noqa: E731
-                                                   BOX_WEIGHTS)
-    cls_t, box_t, pos, neg = jax.vmap(per_image)(keys, outputs['proposals'], outputs['proposal_mask'], gt)
-    sampled = pos | neg
-    ce = optax.softmax_cross_entropy_with_integer_labels(outputs['cls_logits'], cls_t)
-    own = jnp.take_along_axis(outputs['box_codes'], jnp.maximum(cls_t - 1, 0)[..., None, None], axis=2)[:, :, 0]
-    l1 = jnp.where(pos, smooth_l1(own - box_t, beta).sum(-1), 0.0)
-    return global_mean(ce, sampled, axis_name), global_mean(l1, sampled, axis_name), pos
-
-
-def postprocess(outputs, score_threshold=0.05, iou_threshold=0.5, max_detections=100):
-    """Batched outputs -> adapt.nms.Detections [B, max_detections]: every proposal decoded per class (clipped),
-    softmax scores (padding rows 0), exact per-class greedy NMS, the best over all classes (torchvision's
-    defaults: score 0.05, IoU 0.5, 100 detections)."""
-    boxes = clip_boxes(decode_boxes(outputs['box_codes'], outputs['proposals'][:, :, None, :], BOX_WEIGHTS))
-    scores = jax.nn.softmax(outputs['cls_logits'], axis=-1)[..., 1:]
-    scores = jnp.where(outputs['proposal_mask'][..., None], scores, 0.0)
-    nms = lambda b, s: multiclass_non_max_suppression(b, s, iou_threshold, max_detections,  # noqa: E731
-                                                      score_threshold)
-    return jax.vmap(nms)(boxes, scores)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class FasterRCNNDetector(Detector):
-    """Faster R-CNN behind the detector interface: `model` has BatchNorm over `axis_name` (the train step),
-    `eval_model` none; `anchors` [A, 4] for `image_size` (None while the anchor sizes are unset)."""
-    name: str
-    num_classes: int
-    image_size: tuple
-    model: FasterRCNN
-    eval_model: FasterRCNN
-    anchors: Optional[np.ndarray]
-    rpn_sampling: dict
-    roi_sampling: dict
-    loss_settings: dict
-    postprocess_settings: dict
-    score_kind = 'softmax'
-
-    # the backbone sits at features/backbone as in SSD, so SSD's accessors apply unchanged
-    backbone = SSDDetector.backbone
-    with_backbone = SSDDetector.with_backbone
-
-    @property
-    def feature_levels(self):
-        return tuple(self.model.levels) + (self.model.rpn_levels if self.model.fpn else ())
-
-    @property
-    def alignment_level(self):
-        """The deepest backbone level (DA-Faster aligns the backbone output)."""
-        return self.model.levels[-1]
-
-    def init(self, key):
-        return jax.jit(self.eval_model.init)(key, jnp.zeros((1, *self.image_size, 3), jnp.float32))
-
-    def apply(self, variables, images, train=False, labels=None):
-        if train:
-            (outputs, features), new = self.model.apply(variables, images, train=True, labels=labels,
-                                                        mutable=['batch_stats'])
-            stats = jax.tree.map(lambda x: x.astype(jnp.float32), new['batch_stats'])
-        else:
-            outputs, features = self.eval_model.apply(variables, images, train=False, labels=labels)
-            stats = variables.get('batch_stats', {})
-        return outputs, features, stats
-
-    def dense_scores(self, outputs):
-        """The RPN's objectness per anchor: the RoI head's rows follow each image's own proposals."""
-        return outputs['rpn_logits'][..., None], 'sigmoid'
-
-    def loss(self, outputs, batch, axis_name=None, key=None):
-        """The four terms (module docstring); `key` draws the anchor and RoI samples, per example. Metrics:
-        each term, 'cls_loss' (RPN objectness + RoI class), 'box_loss' (both box terms), positives per image."""
-        if key is None:
-            raise ValueError(f'{FAMILY} samples anchors and RoIs: its loss needs a key')
-        count = outputs['rpn_logits'].shape[0]
-        rpn_keys, roi_keys = (per_example_keys(jax.random.fold_in(key, i), count, axis_name) for i in range(2))
-        rpn_cls, rpn_box, rpn_pos = rpn_loss(outputs['rpn_logits'], outputs['rpn_codes'], jnp.asarray(self.anchors),
-                                             batch, rpn_keys, beta=self.loss_settings['rpn_beta'],
-                                             axis_name=axis_name, **self.rpn_sampling)
-        roi_cls, roi_box, roi_pos = roi_loss(outputs, batch, roi_keys, beta=self.loss_settings['roi_beta'],
-                                             axis_name=axis_name, **self.roi_sampling)
-        cls_loss, box_loss = rpn_cls + roi_cls, rpn_box + roi_box
-        return cls_loss + box_loss, {
-            'loss': cls_loss + box_loss, 'cls_loss': cls_loss, 'box_loss': box_loss, 'rpn_cls_loss': rpn_cls,
-            'rpn_box_loss': rpn_box, 'roi_cls_loss': roi_cls, 'roi_box_loss': roi_box,
-            'rpn_positives_per_image': jnp.sum(rpn_pos) / count, 'roi_positives_per_image': jnp.sum(roi_pos) / count}
-
-    def postprocess(self, outputs):
-        return postprocess(outputs, **self.postprocess_settings)
-
-
-# ------------------------------------------------------------------------------------- config
-SAMPLING_KEYS = ('fg_iou_threshold', 'bg_iou_threshold', 'batch_size_per_image', 'positive_fraction')
-BLOCK_KEYS = {
-    'model': tuple(f.name for f in dataclasses.fields(FasterRCNN)
-                   if f.name not in ('num_classes', 'axis_name', 'proposals', 'roi', 'parent', 'name')),
-    'rpn': ('pre_nms_top_n', 'post_nms_top_n', 'nms_threshold', 'min_size', 'allow_low_quality') + SAMPLING_KEYS,
-    'roi': tuple(f.name for f in dataclasses.fields(RoISettings)) + SAMPLING_KEYS,
-    'loss': ('rpn_beta', 'roi_beta'),
-    'postprocess': ('score_threshold', 'iou_threshold', 'max_detections'),
-}
-
-
-def section(block, name) -> dict:
-    """The `name` settings of the family block as a dict; a one-line ValueError for an unknown key."""
-    settings = dict(block[name])
-    unknown = sorted(set(settings) - set(BLOCK_KEYS[name]))
-    if unknown:
-        raise ValueError(f'{FAMILY}.{name}: unknown {", ".join(unknown)}; valid choices: {", ".join(BLOCK_KEYS[name])}')
-    return settings
-
-
-def model_fields(model) -> dict:
-    """FasterRCNN constructor fields from the `model` settings (tuples where flax wants them)."""
-    fields = dict(model, dtype=jnp.dtype(model.get('dtype', 'float32')))
-    for key in ('levels', 'anchor_ratios'):
-        if key in fields:
-            fields[key] = tuple(fields[key])
-    if fields.get('anchor_sizes') is not None:
-        fields['anchor_sizes'] = tuple(float(s) for s in fields['anchor_sizes'])
-    return fields
-
-
-def sampling(settings) -> dict:
-    """Matcher and sampler settings of the `rpn` or `roi` settings (torchvision's names)."""
-    return dict(matcher=dict(matched_threshold=float(settings['fg_iou_threshold']),
-                             unmatched_threshold=float(settings['bg_iou_threshold']),
-                             allow_low_quality=bool(settings.get('allow_low_quality', False))),
-                num_samples=int(settings['batch_size_per_image']),
-                positive_fraction=float(settings['positive_fraction']))
-
-
-def build(config, num_classes, axis_name='data'):
-    """Faster R-CNN from `config.faster_rcnn`: blocks `model` (FasterRCNN fields), `rpn` (proposal counts as
-    (train, test) pairs, NMS, min_size; matcher and sampler), `roi` (RoISettings fields; matcher and
-    sampler), `loss` (smooth-L1 betas) and `postprocess` (see `postprocess`)."""
-    block = config[FAMILY]
-    rpn, roi = section(block, 'rpn'), section(block, 'roi')
-    proposals = ProposalSettings(tuple(rpn['pre_nms_top_n']), tuple(rpn['post_nms_top_n']),
-                                 float(rpn['nms_threshold']), float(rpn['min_size']))
-    roi_settings = RoISettings(**{f.name: roi[f.name] for f in dataclasses.fields(RoISettings) if f.name in roi})
-    check_roi_op(roi_settings.op)
-    model = FasterRCNN(num_classes=num_classes, axis_name=axis_name, proposals=proposals, roi=roi_settings,
-                       **model_fields(section(block, 'model')))
-    size = config_image_size(config)
-    anchors = None if model.anchor_sizes is None else model.anchors(size)
-    return FasterRCNNDetector(FAMILY, num_classes, size, model, model.clone(axis_name=None), anchors,
-                              sampling(rpn), sampling(roi), section(block, 'loss'), section(block, 'postprocess'))
-
-
-
-def derive_anchor_sizes(model, boxes, image_size):
-    """Anchor sides (input pixels) at evenly spaced quantiles of the training boxes' sqrt(area): one per RPN
-    level with the FPN (smallest on the finest), three at the one level without."""
-    levels = len(model['levels']) + bool(model.get('pool_level', False)) if model.get('fpn', True) else 3
-    height, width = image_size
-    sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * height * (boxes[:, 3] - boxes[:, 1]) * width)
-    return {'anchor_sizes': [round(float(q), 1) for q in np.quantile(sides, (np.arange(levels) + 0.5) / levels)]}

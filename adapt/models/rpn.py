@@ -24,10 +24,10 @@ import optax
 from jax import lax
 
 from adapt.boxes import clip_boxes, decode_boxes
-from adapt.losses.adaptation import global_mean
 from adapt.losses.detection import smooth_l1
 from adapt.matching import assign_targets, sample_balanced
 from adapt.postprocess import decode_and_nms
+from adapt.training.parallel import global_mean
 
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 

@@ -26,9 +26,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from adapt.models.ssd import SSD, VARIANTS, SSDDetector, detector_settings, extra_layers, model_fields
+from adapt.models.dense import model_fields
+from adapt.models.features import extra_layers
+from adapt.models.ssd import SSD, VARIANTS, SSDDetector, detector_settings
 from adapt.models.unit import UNIT, Generator, UNITConfig, to_model
-from adapt.training.config import image_size as config_image_size
 
 ENCODER = 'encoder'  # the encoder's scope under 'features' (the UNIT generator's names below it)
 FROZEN_ENCODER = rf'^detector/features/{ENCODER}/'
@@ -120,16 +121,15 @@ class SharedLatentDetector(SSDDetector):
                          'shared_latent.unit_run')
 
 
-def build(config, num_classes, generator: Generator, axis_name='data'):
-    """The detector of `config.shared_latent` (see the module docstring) for `config.image_size` images, on
+def build(config, num_classes, image_size, generator: Generator, axis_name='data'):
+    """The detector of `config.shared_latent` (see the module docstring) for `image_size` (h, w) images, on
     the encoders of `generator` (the UNIT run of `shared_latent.unit_run`)."""
     block = config.shared_latent
     if block.variant not in VARIANTS:
         raise ValueError(f'shared_latent.variant {block.variant!r}; valid choices: {", ".join(VARIANTS)}')
-    size = config_image_size(config)
     model = SharedLatentSSD(num_classes=num_classes, head=VARIANTS[block.variant]['head'], axis_name=axis_name,
                             unit=generator.config, train_encoder=bool(block.train_encoder),
-                            **model_fields(block.model))
-    return SharedLatentDetector('shared_latent', num_classes, size, model, model.clone(axis_name=None),
-                                model.anchors(size), **detector_settings(block.variant, block),
+                            **model_fields(block.model, drop=('instance_top_k',)))
+    return SharedLatentDetector('shared_latent', num_classes, image_size, model, model.clone(axis_name=None),
+                                model.anchors(image_size), **detector_settings(block.variant, block),
                                 generator_params=generator.params, target_inputs=input_words(block.target_inputs))

@@ -15,8 +15,7 @@ Instance features (for instance-level alignment) are a learned 1x1 projection of
 `instance_dim` channels, read at the `instance_top_k` anchors of highest foreground score.
 """
 import dataclasses
-
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,11 +26,10 @@ from jax import lax
 from adapt.anchors import ssd_default_boxes
 from adapt.losses.detection import ssd_loss
 from adapt.matching import assign_targets
-from adapt.models.backbones import BACKBONES, preprocess
-from adapt.models.detector import Detector
+from adapt.models.dense import DenseDetector, class_scores, model_fields
+from adapt.models.features import BackboneModel
 from adapt.models.layers import conv_init
 from adapt.postprocess import BOX_WEIGHTS, decode_and_nms
-from adapt.training.config import image_size as config_image_size
 
 HEADS = ('softmax', 'sigmoid')
 
@@ -47,75 +45,17 @@ def level_ratios(aspect_ratios, num_levels):
     return [tuple(r) for r in aspect_ratios]
 
 
-def extra_layers(x, extra_channels, train=False, frozen_bn=False, axis_name=None, dtype=jnp.float32):
-    """SSD's extra levels after the map `x`: per entry c of `extra_channels`, a 1x1 conv to c/2 and a 3x3
-    stride-2 conv to c (each + BN + ReLU). Call it inside a compact module: the layers ('extra{i}_conv{j}',
-    'extra{i}_bn{j}') become that module's own, so every family keeps the same parameter paths."""
-    maps = []
-    for i, channels in enumerate(extra_channels):
-        for j, (c, k, s) in enumerate(((max(channels // 2, 8), 1, 1), (channels, 3, 2))):
-            x = nn.Conv(c, (k, k), strides=(s, s), use_bias=False, kernel_init=conv_init, dtype=dtype,
-                        name=f'extra{i}_conv{j}')(x)
-            x = nn.BatchNorm(use_running_average=frozen_bn or not train, momentum=0.99, epsilon=1e-5,
-                             axis_name=axis_name, dtype=dtype, name=f'extra{i}_bn{j}')(x)
-            x = nn.relu(x)
-        maps.append(x)
-    return maps
-
-
-class SSDFeatures(nn.Module):
-    """Backbone levels, then `extra_layers`."""
-    backbone: str
-    levels: Sequence[str]
-    extra_channels: Sequence[int]
-    width: float = 1.0
-    frozen_bn: bool = False
-    axis_name: Optional[str] = None
-    dtype: Any = jnp.float32
-    backbone_kwargs: Any = None
-
-    @nn.compact
-    def __call__(self, images, train=False):
-        bn = dict(frozen_bn=self.frozen_bn, axis_name=self.axis_name, dtype=self.dtype)
-        x = preprocess(self.backbone, images).astype(self.dtype)  # validates the backbone name
-        net = BACKBONES[self.backbone](width=self.width, name='backbone', **bn, **dict(self.backbone_kwargs or {}))
-        feats = net(x, train=train)
-        maps = [feats[name] for name in self.levels]
-        return maps + extra_layers(maps[-1], self.extra_channels, train, **bn)
-
-
-_SIZES = {}
-
-
-def feature_map_sizes(module, image_size):
-    """Shape inference costs ~2 s of tracing, and every detector build (a run loaded, a setup) asks for the
-    same sizes: kept per module settings (its repr: flax modules with dict fields do not hash)."""
-    key = (repr(module), image_size)
-    if key not in _SIZES:
-        dummy = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
-        maps, _ = jax.eval_shape(module.init_with_output, jax.random.key(0), dummy)
-        _SIZES[key] = tuple(tuple(m.shape[1:3]) for m in maps)
-    return _SIZES[key]
-
-
-class SSD(nn.Module):
+class SSD(BackboneModel):
     """SSD detector.
 
-    Attributes:
-      num_classes: dataset classes (background not counted).
-      backbone / width / backbone_kwargs: see adapt.models.backbones (e.g. {'batch_norm': True} for VGG16).
+    Attributes (besides adapt.models.features.BackboneModel's):
       levels: backbone feature maps that get heads ('C3' = stride 8, ...); extra_channels adds one
         stride-2 level per entry after the last of them.
       aspect_ratios, min_scale, max_scale: the default boxes (see `ssd_default_boxes`).
       head: 'softmax' (SSD, background column 0) or 'sigmoid' (focal loss; biases start at prior_prob).
       head_convs: 3x3 conv + ReLU layers before each level's predictors (0 = SSD's single conv).
       instance_dim: channels of the per-anchor instance features (a 1x1 projection of each level).
-      frozen_bn, axis_name ('data' in the data-parallel train step), dtype: as the backbones.
     """
-    num_classes: int
-    backbone: str = 'resnet18'
-    width: float = 1.0
-    levels: Sequence[str] = ('C3', 'C4', 'C5')
     extra_channels: Sequence[int] = (256, 256)
     aspect_ratios: Any = None
     min_scale: float = 0.2
@@ -124,10 +64,6 @@ class SSD(nn.Module):
     head_convs: int = 0
     prior_prob: float = 0.01
     instance_dim: int = 64
-    frozen_bn: bool = False
-    axis_name: Optional[str] = None
-    dtype: Any = jnp.float32
-    backbone_kwargs: Any = None
 
     @property
     def level_names(self):
@@ -141,12 +77,7 @@ class SSD(nn.Module):
 
     def feature_module(self, **kwargs):
         """The backbone + extra layers part; kwargs: `name` inside `__call__`, `parent=None` outside."""
-        return SSDFeatures(self.backbone, tuple(self.levels), tuple(self.extra_channels), self.width,
-                           self.frozen_bn, self.axis_name, self.dtype, self.backbone_kwargs, **kwargs)
-
-    def feature_sizes(self, image_size):
-        """(height, width) of every level for images of `image_size` (h, w), from shapes only."""
-        return list(feature_map_sizes(self.feature_module(parent=None), tuple(image_size)))
+        return self.backbone_features(extra_channels=tuple(self.extra_channels), **kwargs)
 
     def anchors_for(self, sizes):
         return ssd_default_boxes(sizes, self.min_scale, self.max_scale, self.aspect_ratios)
@@ -184,13 +115,6 @@ class SSD(nn.Module):
         return outputs, features
 
 
-def class_scores(cls_logits, head):
-    """Per-class probabilities [..., A, num_classes] (the softmax background column dropped)."""
-    if head == 'softmax':
-        return jax.nn.softmax(cls_logits, axis=-1)[..., 1:]
-    return jax.nn.sigmoid(cls_logits)
-
-
 def postprocess(outputs, anchors, head='softmax', score_threshold=0.01, iou_threshold=0.45, max_detections=100,
                 pre_nms_top_k=400, box_weights=BOX_WEIGHTS):
     """Batched outputs -> `adapt.nms.Detections` with [B, max_detections] boxes (clipped yxyx), scores,
@@ -208,34 +132,13 @@ VARIANTS = {
 }
 
 
-def model_fields(block):
-    """SSD constructor fields from a config block's `model` settings (tuples where flax wants them)."""
-    fields = dict(block)
-    fields['dtype'] = jnp.dtype(fields.get('dtype', 'float32'))
-    for key in ('levels', 'extra_channels'):
-        if key in fields:
-            fields[key] = tuple(fields[key])
-    if fields.get('aspect_ratios') is not None:
-        fields['aspect_ratios'] = tuple(tuple(r) if isinstance(r, (list, tuple)) else r
-                                        for r in fields['aspect_ratios'])
-    fields.pop('instance_top_k', None)
-    return fields
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class SSDDetector(Detector):
-    """SSD / RetinaNet behind the detector interface: `model` has BatchNorm over `axis_name` (the train
-    step), `eval_model` none; `anchors` [A, 4] for `image_size`."""
-    name: str
-    num_classes: int
-    image_size: tuple
-    model: SSD
-    eval_model: SSD
+class SSDDetector(DenseDetector):
+    """SSD / RetinaNet behind the detector interface (adapt.models.dense); `anchors` [A, 4] for `image_size`."""
     anchors: np.ndarray
     matcher: dict
     loss_settings: dict
     postprocess_settings: dict
-    instance_top_k: int = 64
 
     @property
     def score_kind(self):
@@ -244,37 +147,6 @@ class SSDDetector(Detector):
     @property
     def feature_levels(self):
         return self.model.level_names
-
-    @property
-    def alignment_level(self):
-        """The deepest backbone level (DA-Faster aligns the backbone output)."""
-        return self.model.levels[-1]
-
-    def init(self, key):
-        """Variables {'params', 'batch_stats'} (one jit-ed program: initialising layer by layer costs a
-        compilation per initializer call)."""
-        return jax.jit(self.eval_model.init)(key, jnp.zeros((1, *self.image_size, 3), jnp.float32))
-
-    def apply(self, variables, images, train=False, labels=None):
-        if train:
-            (outputs, maps), new = self.model.apply(variables, images, train=True, mutable=['batch_stats'])
-            stats = jax.tree.map(lambda x: x.astype(jnp.float32), new['batch_stats'])
-        else:
-            outputs, maps = self.eval_model.apply(variables, images, train=False)
-            stats = variables.get('batch_stats', {})
-        return outputs, self._with_instances(outputs, maps), stats
-
-    def _with_instances(self, outputs, maps):
-        """The anchor features at the `instance_top_k` anchors of highest foreground score (the choice
-        carries no gradient; the features and logits there do)."""
-        maps = dict(maps)
-        anchor_features = maps.pop('anchor_features')
-        logits = outputs['cls_logits']
-        score = jnp.max(class_scores(lax.stop_gradient(logits), self.score_kind), axis=-1)  # [B, A]
-        _, top = lax.top_k(score, min(self.instance_top_k, score.shape[1]))
-        take = lambda x: jnp.take_along_axis(x, top[..., None], axis=1)  # noqa: E731
-        return {**maps, 'instances': take(anchor_features), 'instance_logits': take(logits),
-                'instance_mask': jnp.ones(top.shape, bool)}
 
     def targets(self, batch):
         """assign_targets over a batch {'boxes' [B, M, 4], 'labels', 'mask'} -> dict of [B, A, ...]."""
@@ -296,21 +168,6 @@ class SSDDetector(Detector):
     def postprocess(self, outputs):
         return postprocess(outputs, self.anchors, head=self.score_kind, **self.postprocess_settings)
 
-    def backbone(self, variables):
-        from adapt.models.backbones import get_backbone
-        m = self.model
-        module = get_backbone(m.backbone, width=m.width, **dict(m.backbone_kwargs or {}))
-        sub = {c: variables[c]['features']['backbone'] for c in ('params', 'batch_stats') if c in variables}
-        return m.backbone, module, sub
-
-    def with_backbone(self, variables, collection, tree):
-        target = variables[collection]['features']['backbone']
-        if jax.tree.structure(target) != jax.tree.structure(tree) or any(
-                a.shape != b.shape for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(tree))):
-            raise ValueError(f'backbone {collection} do not match {self.model.backbone} at width {self.model.width}')
-        features = {**variables[collection]['features'], 'backbone': tree}
-        return {**variables, collection: {**variables[collection], 'features': features}}
-
 
 def detector_settings(variant, block) -> dict:
     """SSDDetector's matcher, loss, post-processing and instance settings of `variant` from a family block
@@ -324,22 +181,12 @@ def detector_settings(variant, block) -> dict:
                 instance_top_k=int(block.model.get('instance_top_k', 64)))
 
 
-def build(variant, config, num_classes, axis_name='data'):
-    """The `variant` ('ssd' | 'retinanet') from `config[variant]`: blocks `model` (SSD fields, plus
-    `instance_top_k`), `matcher` (assign_targets arguments; None thresholds take the variant's),
-    `loss` (ssd_loss hparams) and `postprocess` (see `postprocess`)."""
+def build(variant, config, num_classes, image_size, axis_name='data'):
+    """The `variant` ('ssd' | 'retinanet') for `image_size` (h, w) images from `config[variant]`: blocks `model`
+    (SSD fields, plus `instance_top_k`), `matcher` (assign_targets arguments; None thresholds take the
+    variant's), `loss` (ssd_loss hparams) and `postprocess` (see `postprocess`)."""
     block = config[variant]
-    size = config_image_size(config)
     model = SSD(num_classes=num_classes, head=VARIANTS[variant]['head'], axis_name=axis_name,
-                **model_fields(block.model))
-    return SSDDetector(variant, num_classes, size, model, model.clone(axis_name=None), model.anchors(size),
-                       **detector_settings(variant, block))
-
-
-
-def build_ssd(config, num_classes):
-    return build('ssd', config, num_classes)
-
-
-def build_retinanet(config, num_classes):
-    return build('retinanet', config, num_classes)
+                **model_fields(block.model, drop=('instance_top_k',)))
+    return SSDDetector(variant, num_classes, image_size, model, model.clone(axis_name=None),
+                       model.anchors(image_size), **detector_settings(variant, block))

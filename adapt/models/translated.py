@@ -82,11 +82,11 @@ class TranslatedDetector(Detector):
         return self if inner is self.inner else dataclasses.replace(self, inner=inner)
 
 
-def build(config, num_classes, generator=None):
-    """The wrapped family's detector behind `block.transform`; `generator`: the UNIT generator of the unit
-    transform (adapt.models.unit.Generator)."""
+def build(config, num_classes, image_size, generator=None):
+    """The wrapped family's detector for `image_size` (h, w) images behind `block.transform`; `generator`: the
+    UNIT generator of the unit transform (adapt.models.unit.Generator)."""
     block = config.translated
     if block.detector == 'translated':
         raise ValueError('translated.detector: name the wrapped family (ssd, yolo, ...), not translated itself')
-    inner = DETECTORS.get(block.detector)(config, num_classes)
+    inner = DETECTORS.get(block.detector)(config, num_classes, image_size)
     return TranslatedDetector(inner, build_transform(block, generator), block.transform)

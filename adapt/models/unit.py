@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapt.settings import checked
+
 PAD_TYPES = ('reflect', 'zero')
 
 # The reference initialisation: Kaiming-normal (fan in) for the generator, N(0, 0.02) for the critics.
@@ -52,11 +54,7 @@ class UNITConfig:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> 'UNITConfig':
-        d = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f'unknown UNIT model keys {sorted(unknown)}')
-        return cls(**d)
+        return cls(**checked(cfg, (f.name for f in dataclasses.fields(cls)), 'unit model'))
 
     def __post_init__(self):
         if self.pad_type not in PAD_TYPES:

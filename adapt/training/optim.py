@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adapt.settings import checked
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 FROZEN = "frozen"
@@ -45,10 +47,7 @@ class OptimizerConfig:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "OptimizerConfig":
         """From a dict / ml_collections.ConfigDict; unknown keys are an error (typos must not pass)."""
-        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown optimizer config keys {sorted(unknown)}")
+        d = checked(cfg, (f.name for f in dataclasses.fields(cls)), "optimizer")
         d["boundaries"] = tuple(d.get("boundaries", ()))
         d["param_groups"] = tuple((str(p), float(m)) for p, m in d.get("param_groups", ()))
         return cls(**d)

@@ -64,6 +64,17 @@ def mean_value_and_grad(fn: Callable, has_aux: bool = False, axis_name: str = AX
     return wrapped
 
 
+def global_mean(values, mask=None, axis_name=None):
+    """Masked mean of `values` over the global batch, as a per-device value whose mean over the devices
+    (what the data-parallel step takes) is that global mean."""
+    mask = jnp.ones(values.shape, bool) if mask is None else jnp.broadcast_to(mask, values.shape)
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    count = jnp.sum(mask).astype(jnp.float32)
+    if axis_name:
+        count = lax.pmean(count, axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
 def example_keys(key: jax.Array, local_batch_size: int, axis_name: str = AXIS) -> jax.Array:
     """One key per example of this device's shard, `fold_in(key, global example index)`.
 

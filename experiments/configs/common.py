@@ -54,7 +54,7 @@ def yolo_block():
 
 
 def faster_rcnn_block():
-    """Settings of the faster_rcnn family (adapt.models.faster_rcnn): model, rpn, roi, loss, post-processing.
+    """Settings of the faster_rcnn family (adapt.models.faster_rcnn_detector): model, rpn, roi, loss, post-processing.
     Proposal counts are (training, inference) pairs; anchor_sizes None: the trainer derives them from the
     source boxes (quantiles of sqrt(area), adapt.models.families) and run.json stores them.
 
