@@ -5,7 +5,7 @@
 
 --workdir is any detector run (train_detector or adapt_detector; the EMA when the run kept one; the latest
 checkpoint unless --step). Give exactly one input:
-  --images=DIR   every .jpg/.jpeg/.png/.bmp/.gif file in DIR (not its subfolders), in name order; writes
+  --images=DIR   every .jpg/.jpeg/.png/.bmp/.gif/.webp file in DIR (not its subfolders), in name order; writes
                  detections.json (COCO results: image_id, category_id = label + 1, bbox pixel [x, y, w, h] in
                  each original image, score) and images.json (COCO images id/file_name/width/height and the
                  categories, no annotations: pycocotools loads the pair). A file that cannot be read is
@@ -45,7 +45,7 @@ flags.DEFINE_float('min_score', 0.3, 'Lowest score drawn (detections.json keeps 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-    from adapt.detect import InputError, list_images
+    from adapt.datasets.image_folder import FolderError, list_images
     if (FLAGS.images is None) == (FLAGS.split is None):
         common.usage_error('give exactly one input: --images=DIR or --split=SPLIT')
     if FLAGS.images is not None:
@@ -53,7 +53,7 @@ def main(argv):
             common.usage_error('--dataset and --data_dir go with --split, not --images')
         try:
             list_images(FLAGS.images)
-        except InputError as error:
+        except FolderError as error:
             common.usage_error(str(error))
     from adapt.run_models import run_detector
     from adapt.runs import RunError, load_run
