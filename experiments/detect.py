@@ -27,15 +27,12 @@ from absl import app, flags, logging  # noqa: E402
 from experiments import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Detector run workdir (run.json + checkpoints/).', required=True)
+common.define_detector_run_flags()
 flags.DEFINE_string('output_dir', None, 'Where detections.json and drawn/ go.', required=True)
 flags.DEFINE_string('images', None, 'A folder of image files ...')
 flags.DEFINE_string('split', None, '... or a TFDS split, e.g. validation_night or test_day[:100].')
-flags.DEFINE_string('dataset', None, 'TFDS name[/config] of --split (default: the one trained on).')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory of --split (default: the training run\'s).')
 flags.DEFINE_string('domain', 'target', 'Which input a folder\'s images are (source or target), for detectors '
                     'with domain-specific layers (shared_latent); a split is routed by its name.')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', lower_bound=0)
 flags.DEFINE_integer('batch_size', 16, 'Images per batch (rounded up to a multiple of the device count).',
                      lower_bound=1)
 flags.DEFINE_integer('num_draw', 16, 'Images drawn with their detections (0: none).', lower_bound=0)
@@ -56,11 +53,7 @@ def main(argv):
         except FolderError as error:
             common.usage_error(str(error))
     from adapt.run_models import run_detector
-    from adapt.runs import RunError, load_run
-    try:
-        run = load_run(FLAGS.workdir, 'detector', FLAGS.step)
-    except RunError as error:
-        common.usage_error(str(error))
+    run = common.load_run(FLAGS.workdir, 'detector', FLAGS.step)
 
     from adapt import detect
     detector = run_detector(run)
