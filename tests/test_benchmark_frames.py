@@ -4,8 +4,7 @@ translator's FLOPs grow with the pixels of the frame."""
 import ml_collections
 import pytest
 
-from adapt.evaluation.efficiency import frame_costs
-from experiments import benchmark
+from adapt.evaluation.efficiency import frame_costs, parse_frame_sizes
 
 
 def test_translated_frame_costs_split_into_translation_and_detection(source_run, unit_run):
@@ -26,8 +25,8 @@ def test_translated_frame_costs_split_into_translation_and_detection(source_run,
 
 
 def test_frame_sizes_parse_and_reject_malformed_sizes():
-    assert benchmark.parse_sizes('train, 720x1280', (160, 160)) == [(160, 160), (720, 1280)]
-    assert benchmark.parse_sizes('', (160, 160)) == []
-    with pytest.raises(SystemExit) as error:
-        benchmark.parse_sizes('720by1280', (160, 160))
-    assert error.value.code == 2
+    assert parse_frame_sizes('train, 720x1280', (160, 160)) == [(160, 160), (720, 1280)]
+    assert parse_frame_sizes('', (160, 160)) == []
+    for bad in ('720by1280', '0x5', 'x', '720x'):
+        with pytest.raises(ValueError, match='is not HEIGHTxWIDTH'):
+            parse_frame_sizes(bad, (160, 160))

@@ -1,24 +1,58 @@
-"""What a model costs: seconds per call, XLA's FLOP count, and per-frame inference cost (deployment, where
-frames come one at a time). Shared by experiments/benchmark.py and the Day2Night report."""
+"""What a model costs: seconds per call, XLA's FLOP count, the machine's peaks, per-frame inference cost
+(deployment, where frames come one at a time) and the parts of an evaluation stage. Shared by the
+benchmarks (adapt.evaluation.benchmark, experiments/bench_unit.py) and the Day2Night report."""
 import time
 
 import numpy as np
 
 
-def timed(fn, steps, warmup):
-    """Seconds per call of `fn()` (which must block until its results are ready)."""
+def call_seconds(fn, steps, warmup) -> np.ndarray:
+    """Seconds of each of `steps` calls of `fn()` (which must block until its results are ready), after
+    `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    start = time.perf_counter()
+    seconds = []
     for _ in range(steps):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / steps
+        seconds.append(time.perf_counter() - start)
+    return np.array(seconds)
+
+
+def timed(fn, steps, warmup):
+    """Mean seconds per call of `fn()` (see `call_seconds`)."""
+    return float(call_seconds(fn, steps, warmup).mean())
 
 
 def flops_of(compiled):
+    """XLA's FLOP count of a compiled program (NaN where the backend has none)."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get('flops', float('nan')))
+
+
+def peak_matmul_flops(n):
+    """Achieved FLOP/s of an n x n float32 matmul: the machine's practical peak, measured in the same run
+    as the figures it is compared with."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    seconds = timed(lambda: mm(a, b).block_until_ready(), steps=5, warmup=2)
+    return 2.0 * n ** 3 / seconds
+
+
+def peak_memory():
+    """(kind, MiB): the device's peak bytes in use where the backend reports them (GPU/TPU), else the
+    process's maximum resident set size, which includes the Python runtime."""
+    import resource
+
+    import jax
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+        return 'device peak', stats['peak_bytes_in_use'] / 2 ** 20
+    return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def parse_frame_sizes(text, train_size):

@@ -30,7 +30,7 @@ from adapt.matching import assign_targets
 from adapt.models.backbones import BACKBONES, preprocess
 from adapt.models.detector import Detector
 from adapt.models.layers import conv_init
-from adapt.postprocess import BOX_WEIGHTS, decode_and_nms
+from adapt.postprocess import BOX_WEIGHTS, decode_and_nms, plain_decode_and_nms
 from adapt.training.config import image_size as config_image_size
 
 HEADS = ('softmax', 'sigmoid')
@@ -295,6 +295,11 @@ class SSDDetector(Detector):
 
     def postprocess(self, outputs):
         return postprocess(outputs, self.anchors, head=self.score_kind, **self.postprocess_settings)
+
+    def reference_postprocess(self, outputs):
+        """`postprocess` by the plain path (`adapt.postprocess.plain_decode_and_nms`)."""
+        scores = class_scores(outputs['cls_logits'], self.score_kind)
+        return plain_decode_and_nms(outputs['box_codes'], self.anchors, scores, **self.postprocess_settings)
 
     def backbone(self, variables):
         from adapt.models.backbones import get_backbone
