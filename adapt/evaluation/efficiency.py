@@ -144,3 +144,48 @@ def evaluation_parts(detector, variables, batch, num_images, class_names, bootst
         jax.block_until_ready(pooled(batch['image']))
     seconds['features'] = time.perf_counter() - start
     return seconds
+
+
+def translation_costs(unit_config, gen_params, det_config, det_variables, num_classes, sizes, repeats):
+    """The cost of translating night frames to day before detecting, one frame at a time (batch 1), at each
+    (h, w) of `sizes` -> (generator parameter count, rows): ms (median of `repeats` runs after one warm-up)
+    of the detector alone (forward + decoding + NMS), the night->day UNIT translation alone and both in
+    one jitted function, and XLA's GFLOPs of the two forward passes (the NMS loop is not counted).
+    `gen_params` / `det_variables` None: random ones (weights do not change the networks' cost; a trained
+    detector's scores change the NMS work a little)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from adapt.models.inference import make_predict_fn
+    from adapt.models.unit import UNIT, init_params, make_translate_fn
+    from adapt.run_models import build_detector
+
+    def ms(fn, *args):
+        return 1e3 * float(np.median(call_seconds(lambda: jax.block_until_ready(fn(*args)), repeats, 1)))
+
+    def gflops(fn, *args):
+        return flops_of(fn.lower(*args).compile()) / 1e9
+
+    rows = []
+    for h, w in sizes:
+        if gen_params is None:
+            gen_params = init_params(unit_config, jax.random.PRNGKey(0), (h, w))['gen']
+        sized = ml_collections.ConfigDict({**det_config.to_dict(), 'image_size': (h, w)})
+        detector = build_detector(sized, num_classes)
+        variables = det_variables or jax.device_get(detector.init(jax.random.PRNGKey(1)))
+        predict = make_predict_fn(detector)
+        translate = make_translate_fn(unit_config, 'b', 'a')
+        both = jax.jit(lambda g, v, x: predict(v, translate(g, x)))
+        image = jnp.asarray(np.random.default_rng(0).random((1, h, w, 3), np.float32))
+        forward = jax.jit(lambda v, x: detector.apply(v, x)[0])
+        gen_forward = jax.jit(lambda g, x: UNIT(unit_config).apply({'params': g}, x * 2 - 1, 'b', 'a',
+                                                                   method=UNIT.translate))
+        row = {'size': f'{h}x{w}', 'detect_ms': ms(predict, variables, image),
+               'translate_ms': ms(translate, gen_params, image),
+               'translate_detect_ms': ms(both, gen_params, variables, image),
+               'detect_gflops': gflops(forward, variables, image),
+               'translate_gflops': gflops(gen_forward, gen_params, image)}
+        row['total_gflops'] = row['detect_gflops'] + row['translate_gflops']
+        row['latency_factor'] = row['translate_detect_ms'] / row['detect_ms']
+        rows.append(row)
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(gen_params)), rows
