@@ -1,6 +1,8 @@
-"""Per-frame costs of online translation (adapt.evaluation.efficiency: the benchmark's and the Day2Night
-report's): the wrapped detector costs its translation plus its detection, and the fully convolutional
-translator's FLOPs grow with the pixels of the frame."""
+"""The benchmark's measurements in the library: per-frame costs of online translation
+(adapt.evaluation.efficiency: the benchmark's and the Day2Night report's; the wrapped detector costs its
+translation plus its detection, and the fully convolutional translator's FLOPs grow with the pixels of the
+frame), frame-size parsing, and a trained run's post-processing against the plain path
+(adapt.evaluation.benchmark)."""
 import ml_collections
 import pytest
 
@@ -30,3 +32,16 @@ def test_frame_sizes_parse_and_reject_malformed_sizes():
     for bad in ('720by1280', '0x5', 'x', '720x'):
         with pytest.raises(ValueError, match='is not HEIGHTxWIDTH'):
             parse_frame_sizes(bad, (160, 160))
+
+
+def test_trained_runs_post_processing_is_the_plain_paths_on_real_images(source_run):
+    """adapt.evaluation.benchmark.trained_run (the benchmark's --run): SSD's fast post-processing gives the
+    plain path's detections (Detector.reference_postprocess) image for image, boxes bit for bit."""
+    import tensorflow_datasets as tfds
+    from adapt.evaluation.benchmark import trained_run
+    from adapt.runs import load_run
+    run = load_run(source_run[0], 'detector')
+    builder = tfds.builder(run.config.dataset, data_dir=run.data_dir)
+    result = trained_run(run, builder, 'train_night', 4, steps=1, warmup=0)
+    assert (result['images'], result['images_identical_to_reference'], result['max_box_difference']) == (4, 4, 0.0)
+    assert result['detections'] > 0 and result['forward_ms_per_image'] > 0 and result['postprocess_ms_per_image'] > 0
