@@ -7,7 +7,7 @@ bilinearly with antialiasing to the detector's image size), are predicted in bat
 batch size is rounded up to a multiple of the device count, the last batch padded), and the normalised
 boxes are mapped back to each original image's pixels in the COCO results (category_id = label + 1).
 
-A folder (`detect_folder`) is read without recursion, every .jpg/.jpeg/.png/.bmp/.gif file in name order;
+A folder (`detect_folder`) is read by `adapt.datasets.image_folder` (its image files in name order);
 image ids are the 1-based positions in that order (a skipped file leaves its id unused). A file that cannot
 be read or decoded (empty, truncated, not an image) is reported on one line through `report`, counted and
 skipped. A split (`detect_split`) is predicted and scored (COCO and VOC metrics of
@@ -16,10 +16,8 @@ skipped. A split (`detect_split`) is predicted and scored (COCO and VOC metrics 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import functools
-import io
 import math
 import os
 import sys
@@ -27,17 +25,8 @@ import time
 
 import numpy as np
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 DRAW_MIN_SIDE = 256  # drawn folder images are enlarged (nearest) until their longer side reaches this
 _print = functools.partial(print, flush=True)
-
-
-class InputError(ValueError):
-    """The input cannot be used at all (no such folder, no image files, other classes); one line."""
-
-
-class UnreadableImage(ValueError):
-    """One image file cannot be read or decoded; one line (the reason)."""
 
 
 @dataclasses.dataclass
@@ -72,104 +61,23 @@ class Progress:
             self.print_fn(f'{self.done}/{self.total} images, {self.done / (now - self.start):.1f} images/s')
 
 
-def list_images(folder) -> list:
-    """Sorted names of the image files directly in `folder`; InputError if there is none."""
-    if not os.path.isdir(folder):
-        raise InputError(f'{folder}: ' + ('not a folder' if os.path.exists(folder) else 'no such folder'))
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
-    if not names:
-        raise InputError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in {folder}')
-    return names
-
-
 def device_batch_size(batch_size, mesh) -> int:
     """`batch_size` rounded up to a multiple of the mesh's device count (the batch is split over them)."""
     return -(-max(batch_size, 1) // mesh.size) * mesh.size
 
 
-def _tf_message(error) -> str:
-    """A TensorFlow op error's own text on one line (without the function/node/op decorations)."""
-    text = (getattr(error, 'message', None) or str(error)).split('[[')[0].split('[Op:')[0]
-    lines = [line for line in text.splitlines() if line.strip()]  # a graph error's traceback comes first
-    text = lines[-1] if lines else ''
-    if text.startswith('{{'):
-        text = text.split('}}', 1)[-1]
-    return ' '.join(text.split()) or type(error).__name__
+def pipeline_resize(image_size):
+    """uint8 [H, W, 3] -> float32 [h, w, 3] in [0, 1] at `image_size`, as the evaluation pipeline prepares a
+    dataset's image (no boxes, no augmentation)."""
+    import tensorflow as tf
+    from adapt.datasets.pipeline import prepare_example
+    size = tuple(int(s) for s in image_size)
 
-
-class ImageReader:
-    """Reads image files as the evaluation pipeline reads a dataset's images: `read(path)` -> (decoded
-    uint8 [H, W, 3] tf.Tensor, float32 [h, w, 3] in [0, 1] at the detector's `image_size`)."""
-
-    def __init__(self, image_size):
-        import tensorflow as tf
-        from adapt.datasets.pipeline import prepare_example
-        self._tf = tf
-        size = tuple(int(s) for s in image_size)
-
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
-        def decode(data):  # what the pipeline does to an encoded image (pipeline._decode)
-            return tf.io.decode_image(data, channels=3, expand_animations=False)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], autograph=False)
-        def resize(image):  # the eval pipeline's preparation (no boxes, no augmentation)
-            example = {'image': image, 'bbox': tf.zeros([0, 4]), 'label': tf.zeros([0], tf.int64)}
-            return prepare_example(example, None, image_size=size, max_boxes=1)['image']
-
-        self._decode, self._resize = decode, resize
-
-    def read(self, path):
-        try:
-            with open(path, 'rb') as f:
-                data = f.read()
-        except OSError as error:
-            raise UnreadableImage(error.strerror or str(error)) from None
-        if not data:
-            raise UnreadableImage('empty file')
-        _check_header(data)
-        try:
-            image = self._decode(self._tf.constant(data))
-        except self._tf.errors.OpError as error:
-            raise UnreadableImage(_tf_message(error)) from None
-        return image, self._resize(image).numpy()
-
-
-def _check_header(data):
-    """UnreadableImage unless PIL recognises an image header: a file that is no image or is cut inside its
-    header is reported here, before TensorFlow's decoders (whose C libraries print their own lines)."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except UnidentifiedImageError:
-        raise UnreadableImage('not a JPEG, PNG, BMP or GIF image (or its header is cut short)') from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImage(f'bad image header ({" ".join(str(error).split()) or type(error).__name__})') from None
-    if width <= 0 or height <= 0:
-        raise UnreadableImage(f'image of size {width}x{height}')
-
-
-def _read_ahead(reader, paths, workers, depth):
-    """Yields (path, (decoded, resized) or UnreadableImage) in order, decoding up to `depth` files ahead."""
-    def read(path):
-        try:
-            return reader.read(path)
-        except UnreadableImage as error:
-            return error
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = collections.deque()
-        it = iter(paths)
-        for path in it:
-            pending.append((path, pool.submit(read, path)))
-            if len(pending) >= depth:
-                break
-        while pending:
-            path, future = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(read, nxt)))
-            yield path, future.result()
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], autograph=False)
+    def resize(image):
+        example = {'image': image, 'bbox': tf.zeros([0, 4]), 'label': tf.zeros([0], tf.int64)}
+        return prepare_example(example, None, image_size=size, max_boxes=1)['image']
+    return lambda image: resize(image).numpy()
 
 
 def _drawn_names(names):
@@ -188,6 +96,7 @@ def detect_folder(detector, variables, folder, class_names, *, batch_size=16, nu
     with the detections of score >= `min_score`.
     """
     import jax
+    from adapt.datasets.image_folder import UnreadableImage, list_images, read_image, read_images
     from adapt.datasets.pipeline import boxes_to_original
     from adapt.evaluation import detections_to_results
     from adapt.models.inference import draw_detections, make_predict_fn
@@ -199,7 +108,12 @@ def detect_folder(detector, variables, folder, class_names, *, batch_size=16, nu
     batch = device_batch_size(batch_size, mesh)
     predict = make_predict_fn(detector, mesh)
     variables = replicate(variables, mesh)
-    reader = ImageReader(detector.image_size)
+    resize = pipeline_resize(detector.image_size)
+
+    def read(path):
+        image = read_image(path)
+        return image, resize(image)
+
     h, w = detector.image_size
     drawn_names = _drawn_names(names)
     out = Detected(results=[], images=[], skipped=[], drawn={})
@@ -221,7 +135,7 @@ def detect_folder(detector, variables, folder, class_names, *, batch_size=16, nu
                 keep = mask[i]
                 scale = max(1, math.ceil(DRAW_MIN_SIDE / max(height, width)))
                 out.drawn[drawn_names[name]] = draw_detections(
-                    decoded.numpy() / 255.0, boxes[i][keep], dets.classes[i][keep], dets.scores[i][keep],
+                    decoded / 255.0, boxes[i][keep], dets.classes[i][keep], dets.scores[i][keep],
                     class_names, min_score=min_score, scale=scale)
 
     def flush():
@@ -238,14 +152,13 @@ def detect_folder(detector, variables, folder, class_names, *, batch_size=16, nu
 
     index = {name: i + 1 for i, name in enumerate(names)}
     workers = workers or min(4, os.cpu_count() or 1)
-    for path, read in _read_ahead(reader, [os.path.join(folder, n) for n in names], workers, 2 * batch):
-        name = os.path.basename(path)
-        if isinstance(read, UnreadableImage):
-            out.skipped.append((name, str(read)))
-            report(f'skipped {path}: {read}')
+    for name, got in read_images(folder, names, read, workers, 2 * batch):
+        if isinstance(got, UnreadableImage):
+            out.skipped.append((name, str(got)))
+            report(f'skipped {os.path.join(folder, name)}: {got}')
             progress.update(1)
             continue
-        decoded, resized = read
+        decoded, resized = got
         height, width = int(decoded.shape[0]), int(decoded.shape[1])
         out.images.append({'id': index[name], 'file_name': name, 'width': width, 'height': height})
         keep = decoded if len(out.images) <= num_draw else None

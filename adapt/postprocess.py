@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from adapt.boxes import clip_boxes, decode_boxes, pairwise_iou
-from adapt.nms import Detections
+from adapt.nms import Detections, multiclass_non_max_suppression
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # the box coder's scale factors (torchvision SSD / Faster R-CNN)
 # The matrix NMS runs for at most this many candidates per class (it does K^2 IoUs and K loop steps; the
@@ -108,6 +108,16 @@ def decode_and_nms(box_codes, anchors, scores, *, box_weights=BOX_WEIGHTS, score
     det_scores = jnp.take_along_axis(top_scores.reshape(batch, n), order, axis=1)
     return Detections(jnp.where(valid[..., None], det_boxes, 0.0), jnp.where(valid, det_scores, 0.0),
                       jnp.where(valid, order // k, 0).astype(jnp.int32), valid.sum(axis=1, dtype=jnp.int32))
+
+
+def plain_decode_and_nms(box_codes, anchors, scores, *, box_weights=BOX_WEIGHTS, score_threshold, iou_threshold,
+                         max_detections, pre_nms_top_k, max_per_class=None):
+    """The plain path `decode_and_nms` equals (run eagerly): every anchor's box decoded and clipped, then
+    `adapt.nms.multiclass_non_max_suppression` on each image. The reference that checks it on real outputs."""
+    boxes = clip_boxes(decode_boxes(box_codes, anchors, box_weights))
+    return jax.vmap(lambda b, s: multiclass_non_max_suppression(
+        b, s, iou_threshold, max_detections, score_threshold, max_per_class=max_per_class,
+        pre_nms_top_k=pre_nms_top_k))(boxes, scores)
 
 
 def _no_detections(scores, max_detections):

@@ -5,30 +5,23 @@
     python -m experiments.benchmark --detectors=ssd,faster_rcnn,yolo     # the families side by side
     python -m experiments.benchmark --detector=translated --config.translated.unit_run=<train_unit workdir>
 
-Runs on random images with planted boxes (no dataset needed), with the training step that
-train_detector / adapt_detector use for the preset's method (`--method`; data-parallel over all local
-devices, target assignment included) and the inference function that evaluation uses, timed whole and
-in its two parts: the network's forward pass and the post-processing (decoding + per-class NMS). FLOPs per image come from
-XLA's cost analysis of the compiled programs (per device program x devices / global batch); the
-machine's peak is measured in the same run with a large float32 matmul, so "fraction of peak" compares
-like with like. Peak memory: device memory_stats() where the backend has them (GPU/TPU), else the
-process's maximum resident set size (resource.getrusage), which includes the Python runtime.
-Single frames (`--frame_sizes`, default the training size and 1280x720) are timed apart: the cost of
-deployment, where frames come one at a time; for the translated family (online translation) the
-translation and the detection are also timed alone. The parts of one Day2Night evaluation stage
-(`adapt.evaluation.efficiency.evaluation_parts`: prediction, COCO + VOC metrics and the bootstrap of AP50
-and AP per test split, and the proxy A-distance's features) are timed on copies of the random batch,
-with the protocol's sizes (`--eval_images`, `--bootstrap_samples`, `--feature_images`).
+The measurements are adapt.evaluation.benchmark's (see there): on random images with planted boxes (no
+dataset needed), the training step of the preset's method (`--method`) and the inference function that
+evaluation uses, timed whole and in its two parts (forward pass; decoding + per-class NMS), FLOPs per
+image against the machine's matmul peak measured in the same run, and peak memory (device memory_stats()
+where the backend has them, else the process's maximum RSS, which includes the Python runtime).
+Single frames (`--frame_sizes`, default the training size and 1280x720; adapt.evaluation.efficiency.
+frame_costs) are timed apart: the cost of deployment, where frames come one at a time; for the translated
+family (online translation) the translation and the detection are also timed alone. The parts of one
+Day2Night evaluation stage (prediction, COCO + VOC metrics and the bootstrap of AP50 and AP per test split,
+and the proxy A-distance's features) are timed on copies of the random batch, with the protocol's sizes
+(`--eval_images`, `--bootstrap_samples`, `--feature_images`).
 """
 import json
 import os
-import resource
-import time
 
 from absl import app, flags, logging
-import numpy as np
 
-from adapt.evaluation.efficiency import evaluation_parts, flops_of, frame_costs, parse_frame_sizes, timed
 from experiments import common
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
@@ -57,123 +50,6 @@ flags.DEFINE_integer('bootstrap_samples', 200, 'Bootstrap resamples per metric i
 flags.DEFINE_integer('feature_images', 200, 'Images per domain for the proxy A-distance in those figures.')
 
 
-def random_batch(batch_size, image_size, max_boxes, num_classes, seed=0):
-    """Images in [0, 1] and 1..max_boxes/2 random boxes per image (what the pipeline yields)."""
-    rng = np.random.default_rng(seed)
-    lo = rng.uniform(0.0, 0.7, (batch_size, max_boxes, 2))
-    boxes = np.concatenate([lo, lo + rng.uniform(0.05, 0.3, (batch_size, max_boxes, 2))], -1).clip(0, 1)
-    count = rng.integers(1, max(max_boxes // 2, 1) + 1, batch_size)
-    mask = np.arange(max_boxes)[None] < count[:, None]
-    labels = np.where(mask, rng.integers(0, num_classes, (batch_size, max_boxes)), -1)
-    return {'image': rng.uniform(0, 1, (batch_size, image_size, image_size, 3)).astype(np.float32),
-            'boxes': boxes.astype(np.float32), 'labels': labels.astype(np.int32), 'mask': mask}
-
-
-def peak_matmul_flops(n):
-    """Achieved FLOP/s of an n x n float32 matmul: the machine's practical peak."""
-    import jax
-    import jax.numpy as jnp
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(lambda x, y: x @ y)
-    seconds = timed(lambda: mm(a, b).block_until_ready(), steps=5, warmup=2)
-    return 2.0 * n ** 3 / seconds
-
-
-def peak_memory():
-    import jax
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if 'peak_bytes_in_use' in stats:
-        return 'device peak', stats['peak_bytes_in_use'] / 2 ** 20
-    return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def run(config, num_classes, steps, warmup, matmul_size=0):
-    """All the figures as a dict (see the module docstring)."""
-    import jax
-    from adapt.methods.trainer import init_state, setup
-    from adapt.models.data_settings import settings_family
-    from adapt.models.families import with_box_settings
-    from adapt.models.inference import make_predict_fn
-    from adapt.training import data_parallel, make_mesh, replicate, shard_batch
-
-    mesh = make_mesh()
-    devices = mesh.size
-    planted = random_batch(config.batch_size, config.image_size, config.max_boxes, num_classes)
-    # a family's data-derived settings (YOLO's priors) come from the boxes planted in the random images
-    config = with_box_settings(config, planted['boxes'][planted['mask']], 'the random batch', print_fn=lambda _: None)
-    s = setup(config, num_classes)
-    detector = s.detector
-    state = replicate(init_state(config, s), mesh)
-    one = lambda seed: random_batch(config.batch_size, config.image_size, config.max_boxes, num_classes, seed)  # noqa: E731
-    batch = shard_batch({'source': one(0), 'target': one(1)}, mesh)
-    params = sum(x.size for x in jax.tree.leaves(state.params['detector']))
-
-    step = data_parallel(s.step(config), mesh)
-    t0 = time.perf_counter()
-    train_compiled = step.lower(state, batch).compile()
-    train_compile = time.perf_counter() - t0
-    holder = [state]
-
-    def train_once():
-        holder[0], metrics, _ = train_compiled(holder[0], batch)
-        jax.block_until_ready(metrics)
-    step_s = timed(train_once, steps, warmup)
-
-    images = batch['source']['image']
-    predict = make_predict_fn(detector, mesh)
-    variables = {'params': holder[0].params['detector'], 'batch_stats': holder[0].batch_stats}
-    t0 = time.perf_counter()
-    infer_compiled = predict.lower(variables, images).compile()
-    infer_compile = time.perf_counter() - t0
-    infer_s = timed(lambda: jax.block_until_ready(infer_compiled(variables, images)), steps, warmup)
-    local_images, local_vars = jax.device_get((images, variables))  # on one device: the two parts alone
-    forward = jax.jit(lambda v, x: detector.apply(v, x)[0]).lower(local_vars, local_images).compile()
-    outputs = forward(local_vars, local_images)
-    post = jax.jit(detector.postprocess).lower(outputs).compile()
-    forward_s = timed(lambda: jax.block_until_ready(forward(local_vars, local_images)), steps, warmup)
-    post_s = timed(lambda: jax.block_until_ready(post(outputs)), steps, warmup)
-
-    b = config.batch_size
-    train_flops = flops_of(train_compiled) * devices / b
-    infer_flops = flops_of(infer_compiled) * devices / b
-    n = matmul_size or (2048 if jax.default_backend() == 'cpu' else 8192)
-    peak = peak_matmul_flops(n)
-    mem_kind, mem_mib = peak_memory()
-    model = config[settings_family(config)].model
-    return {
-        'backend': jax.default_backend(), 'devices': devices, 'device_kind': jax.devices()[0].device_kind,
-        'backbone': model.get('backbone', 'none'), 'width': model.get('width', 1.0), 'detector': config.detector,
-        'method': config.method,
-        'image_size': config.image_size, 'batch_size': b, 'num_anchors': len(getattr(detector, 'anchors', ())),
-        'parameters': int(params),
-        'train_compile_s': train_compile, 'train_step_ms': step_s * 1e3, 'train_images_per_s': b / step_s,
-        'infer_compile_s': infer_compile, 'infer_images_per_s': b / infer_s, 'infer_ms_per_image': infer_s * 1e3 / b,
-        'forward_ms_per_image': forward_s * 1e3 / b, 'postprocess_ms_per_image': post_s * 1e3 / b,
-        'train_gflops_per_image': train_flops / 1e9, 'infer_gflops_per_image': infer_flops / 1e9,
-        'train_gflops_per_s': train_flops * b / step_s / 1e9, 'infer_gflops_per_s': infer_flops * b / infer_s / 1e9,
-        'matmul_size': n, 'peak_gflops_per_s': peak / 1e9,
-        'train_fraction_of_peak': train_flops * b / step_s / peak,
-        'infer_fraction_of_peak': infer_flops * b / infer_s / peak,
-        'peak_memory_kind': mem_kind, 'peak_memory_mib': mem_mib,
-    }
-
-
-def evaluation_stage(config, num_classes) -> dict:
-    """`evaluation_parts` (seconds) of the config's detector (random weights) on one test split, and the
-    whole stage's estimate: three test splits, the features of two domains."""
-    import jax
-    from adapt.run_models import build_detector
-    detector = build_detector(config, num_classes)
-    batch = random_batch(config.eval_batch_size, config.image_size, config.max_boxes, num_classes)
-    parts = evaluation_parts(detector, jax.device_get(detector.init(jax.random.key(0))), batch, FLAGS.eval_images,
-                             tuple(f'class{i}' for i in range(num_classes)), FLAGS.bootstrap_samples,
-                             FLAGS.feature_images)
-    split = parts['predict'] + parts['metrics'] + parts['bootstrap']
-    return {**parts, 'images': FLAGS.eval_images, 'bootstrap_samples': FLAGS.bootstrap_samples,
-            'stage_estimate': 3 * split + 2 * parts['features']}
-
-
 def evaluation_table(e) -> str:
     return (f"evaluation stage   ~{e['stage_estimate']:.1f} s (3 test splits of {e['images']} images, features of 2 "
             f"domains); per split: predict {e['predict']:.2f} s, COCO + VOC metrics {e['metrics']:.2f} s, "
@@ -183,6 +59,7 @@ def evaluation_table(e) -> str:
 
 def parse_sizes(text, train_size):
     """`efficiency.parse_frame_sizes` with a malformed size as a usage error."""
+    from adapt.evaluation.efficiency import parse_frame_sizes
     try:
         return parse_frame_sizes(text, train_size)
     except ValueError as error:
@@ -194,54 +71,11 @@ def frame_table(rows) -> str:
         f"{r['size']:>9} {r['part']:<11} {r['ms']:7.2f} {r['gflops']:9.3f}" for r in rows])
 
 
-def trained(workdir, split, batch_size, steps, warmup, data_dir=None):
-    """Forward pass and post-processing (ms/image) of a finished run on the first `batch_size` images of
-    `split`; for a family with SSD's head, also how many images get exactly the plain reference path's
-    detections (decode every anchor, clip, `adapt.nms.multiclass_non_max_suppression` per image)."""
-    import jax
-    import ml_collections
-    from adapt.evaluation.detector_eval import eval_pipeline
-    from adapt.models.ssd import SSDDetector
-    from adapt.run_models import run_detector
-    from adapt.runs import RunError, load_run
-    try:
-        run = load_run(workdir, 'detector')
-    except RunError as error:
-        common.usage_error(str(error))
-    config = ml_collections.ConfigDict({**run.config.to_dict(), 'eval_batch_size': batch_size, 'eval_examples': 0})
-    builder = common.check_dataset(config.dataset, data_dir or run.data_dir)
-    common.check_split(builder, split)
-    images = next(eval_pipeline(config, builder, f'{split}[:{batch_size}]'))['image']
-    detector, variables = run_detector(run), run.variables()
-    forward = jax.jit(lambda v, x: detector.apply(v, x)[0])
-    post = jax.jit(detector.postprocess)
-    outputs = forward(variables, images)
-    forward_s = timed(lambda: jax.block_until_ready(forward(variables, images)), steps, warmup)
-    post_s = timed(lambda: jax.block_until_ready(post(outputs)), steps, warmup)
-    fast = jax.device_get(post(outputs))
-    result = {'run': workdir, 'split': split, 'images': len(images), 'forward_ms_per_image': forward_s * 1e3 / len(images),
-              'postprocess_ms_per_image': post_s * 1e3 / len(images), 'detections': int(fast.num_valid.sum())}
-    if isinstance(detector, SSDDetector):
-        result.update(reference_agreement(detector, outputs, fast))
-    return result
-
-
-def reference_agreement(detector, outputs, fast) -> dict:
-    """Images whose fast post-processing equals the plain reference path's, and the largest box gap."""
-    import jax
-    from adapt.boxes import clip_boxes, decode_boxes
-    from adapt.models.dense import class_scores
-    from adapt.nms import multiclass_non_max_suppression
-    settings = detector.postprocess_settings
-    boxes = clip_boxes(decode_boxes(outputs['box_codes'], detector.anchors))
-    scores = class_scores(outputs['cls_logits'], detector.score_kind)
-    reference = jax.device_get(jax.vmap(lambda b, c: multiclass_non_max_suppression(
-        b, c, settings['iou_threshold'], settings['max_detections'], settings['score_threshold'],
-        pre_nms_top_k=settings['pre_nms_top_k']))(boxes, scores))
-    same = ((fast.num_valid == reference.num_valid) & (fast.classes == reference.classes).all(1)
-            & (fast.scores == reference.scores).all(1))
-    return {'images_identical_to_reference': int(same.sum()),
-            'max_box_difference': float(abs(fast.boxes - reference.boxes).max())}
+def trained_run_input():
+    """(run, builder, split) of --run / --split / --data_dir; usage errors for a bad run, dataset or split."""
+    run = common.load_run(FLAGS.run, 'detector')
+    builder = common.check_dataset(run.config.dataset, FLAGS.data_dir or run.data_dir)
+    return run, builder, common.check_split(builder, FLAGS.split)
 
 
 def table(r):
@@ -333,19 +167,23 @@ def main(argv):
     common.check_detector_family(config)
     common.set_backbone(config, FLAGS.backbone)
     common.check_method(config)
+    from adapt.evaluation import benchmark
+    from adapt.evaluation.efficiency import frame_costs
     from adapt.training.config import image_size
     sizes = parse_sizes(FLAGS.frame_sizes, image_size(config))
-    result = run(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
+    trained = FLAGS.run and trained_run_input()
+    result = benchmark.throughput(config, FLAGS.num_classes, FLAGS.steps, FLAGS.warmup, FLAGS.matmul_size)
     print(table(result))
     if FLAGS.eval_images:
-        result['evaluation_stage'] = evaluation_stage(config, FLAGS.num_classes)
+        result['evaluation_stage'] = benchmark.evaluation_stage(config, FLAGS.num_classes, FLAGS.eval_images,
+                                                                FLAGS.bootstrap_samples, FLAGS.feature_images)
         print(evaluation_table(result['evaluation_stage']))
     if sizes:
         result['per_frame'] = frame_costs(config, FLAGS.num_classes, sizes, FLAGS.steps, FLAGS.warmup)
         print(frame_table(result['per_frame']))
-    if FLAGS.run:
-        t = result['trained'] = trained(FLAGS.run, FLAGS.split, config.batch_size, FLAGS.steps, FLAGS.warmup,
-                                        FLAGS.data_dir)
+    if trained:
+        t = result['trained'] = {'run': FLAGS.run, **benchmark.trained_run(*trained, config.batch_size, FLAGS.steps,
+                                                                          FLAGS.warmup)}
         agreement = (f", {t['images_identical_to_reference']}/{t['images']} images identical to the reference "
                      f"path (boxes within {t['max_box_difference']:.1e})" if 'max_box_difference' in t else '')
         print(f"trained run {t['run']} on {t['split']} ({t['images']} images): forward pass "

@@ -70,6 +70,26 @@ def initialize_distributed():
     maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
 
 
+def define_detector_run_flags():
+    """--workdir (a finished detector run), --step, and --dataset / --data_dir of the split it reads
+    (default: the run's own): the flags of the scripts that use a trained detector."""
+    from absl import flags
+    flags.DEFINE_string('workdir', None, 'Detector run workdir (run.json + checkpoints/; train_detector or '
+                        'adapt_detector).', required=True)
+    flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', lower_bound=0)
+    flags.DEFINE_string('dataset', None, 'TFDS name[/config] of --split (default: the one trained on).')
+    flags.DEFINE_string('data_dir', None, 'TFDS data directory of --split (default: the training run\'s).')
+
+
+def load_run(workdir, kind, step=None):
+    """`adapt.runs.load_run`, a workdir that is no finished run of `kind` (or lacks `step`) a usage error."""
+    from adapt.runs import RunError, load_run as load
+    try:
+        return load(workdir, kind, step)
+    except RunError as error:
+        usage_error(str(error))
+
+
 def check_choice(what, value, choices):
     """Usage error unless `value` is one of `choices`."""
     choices = list(choices)

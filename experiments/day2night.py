@@ -13,9 +13,9 @@ Writes <workdir>/report/report.md and report.json (every number), figures, and t
 ground truth behind every number; <workdir>/graph.json lists the stages. A bad flag gives one line and
 exit status 2; a NaN stops the stage with one line and exit status 1, its last good checkpoint kept.
 
---dataset=bdd100k: labelled daytime train, unlabelled night train, BDD's val as the test set of each
-time of day (as published), 5 % of each train split held out for validation; `--manual_dir` is the
-folder of the BDD100K download (see adapt/datasets/bdd100k). Settings: --config.burn_in.* (the detector
+--dataset=bdd100k: the preset's BDD100K domains (experiments/configs/day2night.py: labelled daytime train,
+unlabelled night train, BDD's val as the test set of each time of day, as published); `--manual_dir` is
+the folder of the BDD100K download (see adapt/datasets/bdd100k). Settings: --config.burn_in.* (the detector
 preset), --config.adapt.* (the shared adaptation schedule), --config.unit.* (the translator).
 """
 import os
@@ -39,15 +39,6 @@ flags.DEFINE_string('manual_dir', None, 'BDD100K: the downloaded folder (images/
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 flags.DEFINE_list('only', None, 'Bring only these stages (and what they depend on) up to date.')
 
-BDD_HOLDOUT = 'train[95%:]'
-
-
-def bdd_domains(config):
-    from experiments.configs.day2night import domain
-    with config.unlocked():
-        for name, bdd in (('day', 'daytime'), ('dusk', 'dawn_dusk'), ('night', 'night')):
-            config.domains[name] = domain(f'bdd100k/{bdd}', 'train[:95%]', BDD_HOLDOUT, 'validation')
-
 
 def resolve_config():
     from adapt.protocol.day2night import method_names
@@ -61,7 +52,9 @@ def resolve_config():
         if not FLAGS.manual_dir and not FLAGS.data_dir:
             common.usage_error('--dataset=bdd100k needs --manual_dir=<the BDD100K download> (or a --data_dir '
                                'where bdd100k is prepared)')
-        bdd_domains(config)
+        from experiments.configs.day2night import bdd100k_domains
+        with config.unlocked():
+            config.domains.update(bdd100k_domains())
     try:
         method_names(config)
     except ValueError as error:

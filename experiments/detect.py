@@ -5,7 +5,7 @@
 
 --workdir is any detector run (train_detector or adapt_detector; the EMA when the run kept one; the latest
 checkpoint unless --step). Give exactly one input:
-  --images=DIR   every .jpg/.jpeg/.png/.bmp/.gif file in DIR (not its subfolders), in name order; writes
+  --images=DIR   every .jpg/.jpeg/.png/.bmp/.gif/.webp file in DIR (not its subfolders), in name order; writes
                  detections.json (COCO results: image_id, category_id = label + 1, bbox pixel [x, y, w, h] in
                  each original image, score) and images.json (COCO images id/file_name/width/height and the
                  categories, no annotations: pycocotools loads the pair). A file that cannot be read is
@@ -27,15 +27,12 @@ from absl import app, flags, logging  # noqa: E402
 from experiments import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Detector run workdir (run.json + checkpoints/).', required=True)
+common.define_detector_run_flags()
 flags.DEFINE_string('output_dir', None, 'Where detections.json and drawn/ go.', required=True)
 flags.DEFINE_string('images', None, 'A folder of image files ...')
 flags.DEFINE_string('split', None, '... or a TFDS split, e.g. validation_night or test_day[:100].')
-flags.DEFINE_string('dataset', None, 'TFDS name[/config] of --split (default: the one trained on).')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory of --split (default: the training run\'s).')
 flags.DEFINE_string('domain', 'target', 'Which input a folder\'s images are (source or target), for detectors '
                     'with domain-specific layers (shared_latent); a split is routed by its name.')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', lower_bound=0)
 flags.DEFINE_integer('batch_size', 16, 'Images per batch (rounded up to a multiple of the device count).',
                      lower_bound=1)
 flags.DEFINE_integer('num_draw', 16, 'Images drawn with their detections (0: none).', lower_bound=0)
@@ -45,7 +42,7 @@ flags.DEFINE_float('min_score', 0.3, 'Lowest score drawn (detections.json keeps 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-    from adapt.detect import InputError, list_images
+    from adapt.datasets.image_folder import FolderError, list_images
     if (FLAGS.images is None) == (FLAGS.split is None):
         common.usage_error('give exactly one input: --images=DIR or --split=SPLIT')
     if FLAGS.images is not None:
@@ -53,14 +50,10 @@ def main(argv):
             common.usage_error('--dataset and --data_dir go with --split, not --images')
         try:
             list_images(FLAGS.images)
-        except InputError as error:
+        except FolderError as error:
             common.usage_error(str(error))
     from adapt.run_models import run_detector
-    from adapt.runs import RunError, load_run
-    try:
-        run = load_run(FLAGS.workdir, 'detector', FLAGS.step)
-    except RunError as error:
-        common.usage_error(str(error))
+    run = common.load_run(FLAGS.workdir, 'detector', FLAGS.step)
 
     from adapt import detect
     detector = run_detector(run)

@@ -17,11 +17,8 @@ from absl import app, flags, logging
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir (run.json + checkpoints/).', required=True)
+common.define_detector_run_flags()
 flags.DEFINE_string('split', None, 'Split to evaluate, e.g. validation_night or test_day[:100].', required=True)
-flags.DEFINE_string('dataset', None, 'TFDS name[/config] (default: the one trained on).')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: the training run\'s).')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 flags.DEFINE_string('output_dir', None, 'Where to write the results (default: <workdir>/eval).')
 
 
@@ -29,11 +26,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     from adapt.run_models import run_detector
-    from adapt.runs import RunError, load_run
-    try:
-        run = load_run(FLAGS.workdir, 'detector', FLAGS.step)
-    except RunError as error:
-        common.usage_error(str(error))
+    run = common.load_run(FLAGS.workdir, 'detector', FLAGS.step)
     config = run.config
     builder = common.check_dataset(FLAGS.dataset or config.dataset, FLAGS.data_dir or run.data_dir)
     common.prepare(builder)

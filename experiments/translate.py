@@ -8,17 +8,18 @@
 --workdir is a train_unit workdir (run.json + checkpoints/). Domain a of the training run is day,
 b is night, so night2day runs b -> a. Images keep their size (--image_size=0, padded internally to a
 multiple of the model's stride) or are resized to a square --image_size first. Folder inputs keep their
-file names (as .png); split inputs are written as <split>_<index>.png. A bad flag value gives one line
+file names (as .png; the files of adapt.datasets.image_folder, an unreadable one skipped with one line on
+stderr and counted); split inputs are written as <split>_<index>.png. A bad flag value gives one line
 and exit status 2.
 """
 import os
+import sys
 
 from absl import app, flags, logging
 
 from experiments import common
 
 DIRECTIONS = {'night2day': ('b', 'a'), 'day2night': ('a', 'b')}
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'train_unit workdir with run.json and checkpoints/.', required=True)
 flags.DEFINE_string('output_dir', None, 'Where the translated PNG files go.', required=True)
@@ -44,16 +45,25 @@ def load_generator(workdir, step=None):
         common.usage_error(str(error))
 
 
-def folder_images(input_dir, limit):
-    """Yields (name, [H, W, 3] float32 in [0, 1]) for the image files of a folder, sorted by name."""
-    import numpy as np
-    from PIL import Image
-    names = sorted(n for n in os.listdir(input_dir) if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not names:
-        common.usage_error(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in {input_dir}')
-    for name in names[:limit or None]:
-        with Image.open(os.path.join(input_dir, name)) as image:
-            yield os.path.splitext(name)[0], np.asarray(image.convert('RGB'), np.float32) / 255.0
+def folder_names(input_dir, limit):
+    """The first `limit` (0: all) image files of a folder by name; a usage error if there is none."""
+    from adapt.datasets.image_folder import FolderError, list_images
+    try:
+        return list_images(input_dir)[:limit or None]
+    except FolderError as error:
+        common.usage_error(str(error))
+
+
+def folder_images(input_dir, names, skipped):
+    """Yields (name, [H, W, 3] float32 in [0, 1]) for the files `names` of a folder; an unreadable file is one
+    line on stderr and appended to `skipped`."""
+    from adapt.datasets.image_folder import UnreadableImage, read_images
+    for name, image in read_images(input_dir, names):
+        if isinstance(image, UnreadableImage):
+            print(f'skipped {os.path.join(input_dir, name)}: {image}', file=sys.stderr, flush=True)
+            skipped.append(name)
+            continue
+        yield os.path.splitext(name)[0], image.astype('float32') / 255.0
 
 
 def split_batches(builder, split, image_key, batch_size, limit):
@@ -88,7 +98,9 @@ def main(argv):
         common.usage_error('--dataset needs --split')
     if FLAGS.input_dir is not None and not os.path.isdir(FLAGS.input_dir):
         common.usage_error(f'--input_dir {FLAGS.input_dir} is not a directory')
-    builder = None
+    builder, names = None, None
+    if FLAGS.input_dir is not None:
+        names = folder_names(FLAGS.input_dir, FLAGS.limit)
     if FLAGS.dataset is not None:
         builder = common.check_dataset(FLAGS.dataset, FLAGS.data_dir)
         if FLAGS.split.split('[')[0] not in builder.info.splits:
@@ -109,17 +121,20 @@ def main(argv):
             images = tf.clip_by_value(tf.image.resize(images, (size, size), antialias=True), 0.0, 1.0).numpy()
         return np.asarray(translate(gen_params, images))
 
+    skipped = []
     if builder is None:
-        batches = ((([name], image[None])) for name, image in folder_images(FLAGS.input_dir, FLAGS.limit))
+        batches = (([name], image[None]) for name, image in folder_images(FLAGS.input_dir, names, skipped))
     else:
         batches = split_batches(builder, FLAGS.split, FLAGS.image_key, FLAGS.batch_size, FLAGS.limit)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     count = 0
-    for names, images in batches:
-        for name, image in zip(names, run(images)):
+    for batch_names, images in batches:
+        for name, image in zip(batch_names, run(images)):
             Image.fromarray(np.round(image * 255).astype(np.uint8)).save(os.path.join(FLAGS.output_dir, f'{name}.png'))
             count += 1
-    print(f'translated {count} images {FLAGS.direction} with {FLAGS.workdir} (step {step}) -> {FLAGS.output_dir}')
+    unread = f', {len(skipped)} unreadable files skipped' if skipped else ''
+    print(f'translated {count} images {FLAGS.direction} with {FLAGS.workdir} (step {step}) -> {FLAGS.output_dir}'
+          f'{unread}')
 
 
 if __name__ == '__main__':

@@ -1,11 +1,12 @@
-"""Per-frame costs of online translation (adapt.evaluation.efficiency: the benchmark's and the Day2Night
-report's): the wrapped detector costs its translation plus its detection, and the fully convolutional
-translator's FLOPs grow with the pixels of the frame."""
+"""The benchmark's measurements in the library: per-frame costs of online translation
+(adapt.evaluation.efficiency: the benchmark's and the Day2Night report's; the wrapped detector costs its
+translation plus its detection, and the fully convolutional translator's FLOPs grow with the pixels of the
+frame), frame-size parsing, and a trained run's post-processing against the plain path
+(adapt.evaluation.benchmark)."""
 import ml_collections
 import pytest
 
-from adapt.evaluation.efficiency import frame_costs
-from experiments import benchmark
+from adapt.evaluation.efficiency import frame_costs, parse_frame_sizes
 
 
 def test_translated_frame_costs_split_into_translation_and_detection(source_run, unit_run):
@@ -26,8 +27,21 @@ def test_translated_frame_costs_split_into_translation_and_detection(source_run,
 
 
 def test_frame_sizes_parse_and_reject_malformed_sizes():
-    assert benchmark.parse_sizes('train, 720x1280', (160, 160)) == [(160, 160), (720, 1280)]
-    assert benchmark.parse_sizes('', (160, 160)) == []
-    with pytest.raises(SystemExit) as error:
-        benchmark.parse_sizes('720by1280', (160, 160))
-    assert error.value.code == 2
+    assert parse_frame_sizes('train, 720x1280', (160, 160)) == [(160, 160), (720, 1280)]
+    assert parse_frame_sizes('', (160, 160)) == []
+    for bad in ('720by1280', '0x5', 'x', '720x'):
+        with pytest.raises(ValueError, match='is not HEIGHTxWIDTH'):
+            parse_frame_sizes(bad, (160, 160))
+
+
+def test_trained_runs_post_processing_is_the_plain_paths_on_real_images(source_run):
+    """adapt.evaluation.benchmark.trained_run (the benchmark's --run): SSD's fast post-processing gives the
+    plain path's detections (Detector.reference_postprocess) image for image, boxes bit for bit."""
+    import tensorflow_datasets as tfds
+    from adapt.evaluation.benchmark import trained_run
+    from adapt.runs import load_run
+    run = load_run(source_run[0], 'detector')
+    builder = tfds.builder(run.config.dataset, data_dir=run.data_dir)
+    result = trained_run(run, builder, 'train_night', 4, steps=1, warmup=0)
+    assert (result['images'], result['images_identical_to_reference'], result['max_box_difference']) == (4, 4, 0.0)
+    assert result['detections'] > 0 and result['forward_ms_per_image'] > 0 and result['postprocess_ms_per_image'] > 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from adapt.protocol.day2night import check_no_test_split, method_config, method_names
-from adapt.protocol.spec import extra_methods
+from adapt.protocol.spec import domains, extra_methods
 from adapt.protocol.report import combine
 from adapt.protocol.report_md import render
 from experiments.configs import day2night
@@ -94,3 +94,12 @@ def test_training_configs_never_read_a_test_split_and_extra_rows_are_source_only
     config.extra_methods = 'dann=coral:1.0'
     with pytest.raises(ValueError, match='is a registered method'):
         method_names(config)
+
+
+def test_bdd100k_domains_are_the_published_split_with_a_held_out_validation():
+    config = day2night.get_config()
+    config.domains.update(day2night.bdd100k_domains())
+    expected = {'day': ('bdd100k/daytime', 'train[:95%]', 'train[95%:]', 'validation'),
+                'dusk': ('bdd100k/dawn_dusk', 'train[:95%]', 'train[95%:]', 'validation'),
+                'night': ('bdd100k/night', 'train[:95%]', 'train[95%:]', 'validation')}
+    assert {n: (d.dataset, d.train, d.validation, d.test) for n, d in domains(config).items()} == expected

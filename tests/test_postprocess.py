@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from adapt.boxes import clip_boxes, decode_boxes
 from adapt.nms import multiclass_non_max_suppression
-from adapt.postprocess import _greedy_matrix, _greedy_stepwise, decode_and_nms
+from adapt.postprocess import _greedy_matrix, _greedy_stepwise, decode_and_nms, plain_decode_and_nms
 from tests.test_nms import THRESHOLDS, greedy_nms, random_case
 
 W = (10.0, 10.0, 5.0, 5.0)
@@ -93,6 +93,16 @@ def test_matches_numpy_greedy_reference(top_k, max_det, per_class):
             np.testing.assert_array_equal(np.asarray(a), b)
         assert int(got.num_valid[1]) == 0  # the image below threshold
         assert not np.any(np.asarray(got.classes)[np.asarray(got.scores) > 0] == 1)  # the empty class
+
+
+def test_library_plain_path_matches_numpy_greedy_reference():
+    # plain_decode_and_nms: the reference a detector's reference_postprocess gives (experiments/benchmark.py)
+    codes, anchors, scores = hard_case(1)
+    boxes = np.asarray(clip_boxes(decode_boxes(codes, anchors, W)))
+    got = plain_decode_and_nms(codes, anchors, scores, box_weights=W, score_threshold=0.1, iou_threshold=0.5,
+                               max_detections=30, pre_nms_top_k=50)
+    for a, b in zip(got, numpy_reference(boxes, scores, 0.5, 30, 0.1, 50)):
+        np.testing.assert_array_equal(np.asarray(a), b)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -1,5 +1,5 @@
-"""experiments/translate.py on a folder and on a TFDS split (pixels equal the in-process translation),
-and one-line usage errors (exit status 2) of translate.py and train_unit.py."""
+"""experiments/translate.py on a folder (an unreadable file skipped and counted) and on a TFDS split (pixels
+equal the in-process translation), and one-line usage errors (exit status 2) of translate.py and train_unit.py."""
 import os
 import subprocess
 import sys
@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scripts'))
@@ -44,6 +45,7 @@ def setup(tmp_path_factory):
     for name, (h, w) in PHOTOS.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name, quality=95)
     (folder / 'notes.txt').write_text('not an image')
+    (folder / 'broken.png').write_text('not an image either')
     return root, builder, UNITConfig.from_mapping(config.model), jax.device_get(state.params['gen'])
 
 
@@ -59,12 +61,15 @@ def test_translate_folder_keeps_names_and_sizes(setup):
                   f'--output_dir={out}', '--direction=night2day')
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(os.listdir(out)) == ['a.png', 'b.png']
+    skipped = [line for line in result.stderr.splitlines() if line.startswith('skipped ')]
+    assert len(skipped) == 1 and skipped[0].startswith(f'skipped {folder / "broken.png"}: not a JPEG'), result.stderr
+    assert result.stdout.strip().endswith('1 unreadable files skipped'), result.stdout
     for name, (h, w) in PHOTOS.items():
         stem = os.path.splitext(name)[0]
         got = np.asarray(Image.open(out / f'{stem}.png'), np.float32)
         assert got.shape == (h, w, 3)
-        with Image.open(folder / name) as image:
-            source = np.asarray(image.convert('RGB'), np.float32)[None] / 255.0
+        # decoded as the input pipeline decodes a dataset's images (TensorFlow's JPEG IDCT is not PIL's)
+        source = tf.io.decode_image((folder / name).read_bytes(), channels=3).numpy().astype(np.float32)[None] / 255
         np.testing.assert_allclose(got, _expected(cfg, params, source, 'b', 'a')[0], atol=1.0)  # rounding
 
 
@@ -79,7 +84,6 @@ def test_translate_tfds_split_day2night(setup):
     assert sorted(os.listdir(out)) == ['paired_00000.png', 'paired_00001.png']
     example = next(iter(builder.as_dataset(split='paired').take(1).as_numpy_iterator()))
     night = example['image_night'][0].astype(np.float32)[None] / 255.0
-    import tensorflow as tf
     resized = tf.clip_by_value(tf.image.resize(night, (32, 32), antialias=True), 0.0, 1.0).numpy()
     got = np.asarray(Image.open(out / 'paired_00000.png'), np.float32)
     np.testing.assert_allclose(got, _expected(cfg, params, resized, 'a', 'b')[0], atol=1.0)

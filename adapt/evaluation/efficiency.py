@@ -1,24 +1,58 @@
-"""What a model costs: seconds per call, XLA's FLOP count, and per-frame inference cost (deployment, where
-frames come one at a time). Shared by experiments/benchmark.py and the Day2Night report."""
+"""What a model costs: seconds per call, XLA's FLOP count, the machine's peaks, per-frame inference cost
+(deployment, where frames come one at a time) and the parts of an evaluation stage. Shared by the
+benchmarks (adapt.evaluation.benchmark, experiments/bench_unit.py) and the Day2Night report."""
 import time
 
 import numpy as np
 
 
-def timed(fn, steps, warmup):
-    """Seconds per call of `fn()` (which must block until its results are ready)."""
+def call_seconds(fn, steps, warmup) -> np.ndarray:
+    """Seconds of each of `steps` calls of `fn()` (which must block until its results are ready), after
+    `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    start = time.perf_counter()
+    seconds = []
     for _ in range(steps):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / steps
+        seconds.append(time.perf_counter() - start)
+    return np.array(seconds)
+
+
+def timed(fn, steps, warmup):
+    """Mean seconds per call of `fn()` (see `call_seconds`)."""
+    return float(call_seconds(fn, steps, warmup).mean())
 
 
 def flops_of(compiled):
+    """XLA's FLOP count of a compiled program (NaN where the backend has none)."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get('flops', float('nan')))
+
+
+def peak_matmul_flops(n):
+    """Achieved FLOP/s of an n x n float32 matmul: the machine's practical peak, measured in the same run
+    as the figures it is compared with."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    seconds = timed(lambda: mm(a, b).block_until_ready(), steps=5, warmup=2)
+    return 2.0 * n ** 3 / seconds
+
+
+def peak_memory():
+    """(kind, MiB): the device's peak bytes in use where the backend reports them (GPU/TPU), else the
+    process's maximum resident set size, which includes the Python runtime."""
+    import resource
+
+    import jax
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+        return 'device peak', stats['peak_bytes_in_use'] / 2 ** 20
+    return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def parse_frame_sizes(text, train_size):
@@ -110,3 +144,48 @@ def evaluation_parts(detector, variables, batch, num_images, class_names, bootst
         jax.block_until_ready(pooled(batch['image']))
     seconds['features'] = time.perf_counter() - start
     return seconds
+
+
+def translation_costs(unit_config, gen_params, det_config, det_variables, num_classes, sizes, repeats):
+    """The cost of translating night frames to day before detecting, one frame at a time (batch 1), at each
+    (h, w) of `sizes` -> (generator parameter count, rows): ms (median of `repeats` runs after one warm-up)
+    of the detector alone (forward + decoding + NMS), the night->day UNIT translation alone and both in
+    one jitted function, and XLA's GFLOPs of the two forward passes (the NMS loop is not counted).
+    `gen_params` / `det_variables` None: random ones (weights do not change the networks' cost; a trained
+    detector's scores change the NMS work a little)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    from adapt.models.inference import make_predict_fn
+    from adapt.models.unit import UNIT, init_params, make_translate_fn
+    from adapt.run_models import build_detector
+
+    def ms(fn, *args):
+        return 1e3 * float(np.median(call_seconds(lambda: jax.block_until_ready(fn(*args)), repeats, 1)))
+
+    def gflops(fn, *args):
+        return flops_of(fn.lower(*args).compile()) / 1e9
+
+    rows = []
+    for h, w in sizes:
+        if gen_params is None:
+            gen_params = init_params(unit_config, jax.random.PRNGKey(0), (h, w))['gen']
+        sized = ml_collections.ConfigDict({**det_config.to_dict(), 'image_size': (h, w)})
+        detector = build_detector(sized, num_classes)
+        variables = det_variables or jax.device_get(detector.init(jax.random.PRNGKey(1)))
+        predict = make_predict_fn(detector)
+        translate = make_translate_fn(unit_config, 'b', 'a')
+        both = jax.jit(lambda g, v, x: predict(v, translate(g, x)))
+        image = jnp.asarray(np.random.default_rng(0).random((1, h, w, 3), np.float32))
+        forward = jax.jit(lambda v, x: detector.apply(v, x)[0])
+        gen_forward = jax.jit(lambda g, x: UNIT(unit_config).apply({'params': g}, x * 2 - 1, 'b', 'a',
+                                                                   method=UNIT.translate))
+        row = {'size': f'{h}x{w}', 'detect_ms': ms(predict, variables, image),
+               'translate_ms': ms(translate, gen_params, image),
+               'translate_detect_ms': ms(both, gen_params, variables, image),
+               'detect_gflops': gflops(forward, variables, image),
+               'translate_gflops': gflops(gen_forward, gen_params, image)}
+        row['total_gflops'] = row['detect_gflops'] + row['translate_gflops']
+        row['latency_factor'] = row['translate_detect_ms'] / row['detect_ms']
+        rows.append(row)
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(gen_params)), rows

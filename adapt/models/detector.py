@@ -33,6 +33,9 @@ train step, the evaluator, inference and the frozen-feature code use only this i
   dense_scores(outputs) -> (logits [B, N, C'], 'softmax' | 'sigmoid'): class predictions at positions
       fixed by the image size (anchors, grid cells), so two images' predictions compare position by
       position (semantic consistency); default: 'cls_logits' with `score_kind`.
+  reference_postprocess(outputs) -> Detections or None: what `postprocess` must equal, by the plain path
+      (a family whose postprocess is a faster equivalent: experiments/benchmark.py checks it on a trained
+      run's outputs); default None: `postprocess` is itself the plain path.
 """
 from __future__ import annotations
 
@@ -80,3 +83,5 @@ class Detector(abc.ABC):
     def dense_scores(self, outputs):
         return outputs['cls_logits'], self.score_kind
 
+    def reference_postprocess(self, outputs):
+        return None

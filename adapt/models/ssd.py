@@ -29,7 +29,7 @@ from adapt.matching import assign_targets
 from adapt.models.dense import DenseDetector, class_scores, model_fields
 from adapt.models.features import BackboneModel
 from adapt.models.layers import conv_init
-from adapt.postprocess import BOX_WEIGHTS, decode_and_nms
+from adapt.postprocess import BOX_WEIGHTS, decode_and_nms, plain_decode_and_nms
 
 HEADS = ('softmax', 'sigmoid')
 
@@ -167,6 +167,11 @@ class SSDDetector(DenseDetector):
 
     def postprocess(self, outputs):
         return postprocess(outputs, self.anchors, head=self.score_kind, **self.postprocess_settings)
+
+    def reference_postprocess(self, outputs):
+        """`postprocess` by the plain path (`adapt.postprocess.plain_decode_and_nms`)."""
+        scores = class_scores(outputs['cls_logits'], self.score_kind)
+        return plain_decode_and_nms(outputs['box_codes'], self.anchors, scores, **self.postprocess_settings)
 
 
 def detector_settings(variant, block) -> dict:

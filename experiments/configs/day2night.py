@@ -4,7 +4,8 @@
 
 The domains: day (labelled source), dusk (intermediate, evaluated only) and night (unlabelled target;
 its labels reach only the methods marked as using them). Each domain names its dataset and its train,
-validation and test splits; test splits are read by the evaluation stages alone. The burn-in is the
+validation and test splits; test splits are read by the evaluation stages alone. `bdd100k_domains` are
+the same three on BDD100K (`experiments.day2night --dataset=bdd100k`). The burn-in is the
 quick SSD preset; every method continues it for `adapt.num_steps` with one schedule, augmentation and
 EMA setting (source_only and oracle included); the UNIT translator is unit_day2night's detection-aware
 one. Sized so the whole protocol fits in an hour on the 2-core machine (README: measured).
@@ -18,6 +19,14 @@ SYNTH = 'daynight_synth/r128_small'
 
 def domain(dataset, train, validation, test):
     return dict(dataset=dataset, train=train, validation=validation, test=test)
+
+
+def bdd100k_domains():
+    """BDD100K's daytime / dawn_dusk / night as day / dusk / night, as published: each time of day trains on
+    its train split (labelled for the source, unlabelled for the target) and is tested on BDD's val; 5 % of
+    each train split is held out for validation (BDD has no separate one)."""
+    return {name: domain(f'bdd100k/{bdd}', 'train[:95%]', 'train[95%:]', 'validation')
+            for name, bdd in (('day', 'daytime'), ('dusk', 'dawn_dusk'), ('night', 'night'))}
 
 
 def get_config():
