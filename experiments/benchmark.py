@@ -91,7 +91,7 @@ def peak_memory():
 def run(config, num_classes, steps, warmup, matmul_size=0):
     """All the figures as a dict (see the module docstring)."""
     import jax
-    from adapt.methods.trainer import init_state, setup
+    from adapt.trainers.detection import init_state, setup
     from adapt.models.data_settings import settings_family
     from adapt.models.families import with_box_settings
     from adapt.models.inference import make_predict_fn

@@ -14,7 +14,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scr
 import unit_tiny  # noqa: E402
 
 from adapt.losses.detection_aware import labelled_cycle, semantic_consistency  # noqa: E402
-from adapt.methods import translation  # noqa: E402
+from adapt.trainers import unit  # noqa: E402
+from adapt.trainers.unit_judge import frozen_detector  # noqa: E402
+from adapt.trainers.unit_step import crop, paste  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +83,11 @@ def test_crop_and_paste_are_windows_of_the_frames():
     rng = np.random.default_rng(2)
     images = rng.random((3, 10, 12, 3), np.float32)
     offsets = np.array([[0, 0], [2, 5], [6, 8]], np.int32)
-    crops = np.asarray(translation.crop(images, offsets, 4))
+    crops = np.asarray(crop(images, offsets, 4))
     for i, (top, left) in enumerate(offsets):
         np.testing.assert_array_equal(crops[i], images[i, top:top + 4, left:left + 4])
     patches = rng.random((3, 4, 4, 3), np.float32)
-    pasted = np.asarray(translation.paste(images, patches, offsets))
+    pasted = np.asarray(paste(images, patches, offsets))
     for i, (top, left) in enumerate(offsets):
         expected = images[i].copy()
         expected[top:top + 4, left:left + 4] = patches[i]
@@ -105,8 +107,8 @@ def _config(num_steps):
 
 
 def _train(workdir, num_steps, detector, builder, mesh=None, lines=None):
-    state = translation.train(_config(num_steps), builder, builder, str(workdir), detector=detector, mesh=mesh,
-                              print_fn=(lines if lines is not None else []).append)
+    state = unit.Trainer(_config(num_steps), detector=detector).train(
+        builder, builder, str(workdir), mesh=mesh, print_fn=(lines if lines is not None else []).append)
     return jax.device_get(state)
 
 
@@ -124,7 +126,7 @@ def test_translation_with_detection_terms_resumes_exactly_and_matches_one_device
     import adapt.datasets  # noqa: F401
     from adapt.training import make_mesh
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])
-    detector = translation.frozen_detector(source_run[0])
+    detector = frozen_detector(source_run[0])
     before = jax.tree.map(np.copy, detector.variables)
     whole = _train(tmp_path / 'whole', 4, detector, builder)
     shutil.copytree(tmp_path / 'whole', tmp_path / 'stopped')

@@ -154,7 +154,7 @@ def class_scores(outputs):
 
 
 MISSING_PRIORS = ('yolo.model.anchors is None: set one list of (width, height) per level, or let '
-                  'adapt.methods.trainer.train derive them from the training boxes (adapt.models.families)')
+                  'adapt.trainers.detection.train derive them from the training boxes (adapt.models.families)')
 
 
 @dataclasses.dataclass(frozen=True)
