@@ -58,7 +58,6 @@ def resolve_config():
     choice validated (usage error, exit 2, otherwise)."""
     from adapt.losses.gan import FEATURE_KINDS, GAN_KINDS
     from adapt.models.unit import PAD_TYPES
-    from adapt.trainers import unit
     config = common.apply_flags(FLAGS.config, ('dataset_a', 'split_a', 'dataset_b', 'split_b', 'eval_dataset',
                                                'num_steps'))
     common.check_choice('GAN loss', config.loss.gan_kind, GAN_KINDS)
@@ -67,6 +66,7 @@ def resolve_config():
     for path in (config.loss.feature_backbone, config.loss.detector_run, config.fd_backbone, FLAGS.inception_weights):
         if path and not os.path.exists(path):
             common.usage_error(f'no such file or directory: {path}')
+    from adapt.trainers import unit  # heavy imports (TensorFlow) only once the flags are checked
     try:
         trainer = unit.from_config(config)  # the frozen networks its terms read, loaded once
     except ValueError as err:
