@@ -53,7 +53,7 @@ def variable_paths(variables):
 def lowered(family, method, mesh):
     """(train step HLO, predict HLO, variable paths) of one family and method."""
     from experiments.benchmark import random_batch
-    from adapt.methods.trainer import init_state, setup
+    from adapt.trainers.detection import init_state, setup
     from adapt.models.inference import make_predict_fn
     from adapt.training import data_parallel, replicate, shard_batch
     config = quick_config(family, method)

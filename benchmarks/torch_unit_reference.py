@@ -6,7 +6,7 @@
 
 The PyTorch model mirrors adapt/models/unit.py layer by layer (same names, reflect padding, instance norm
 without affine, layer norm = GroupNorm(1, C), nearest upsampling + conv5x5, 3-scale critics with
-count_include_pad=False pooling) and the step mirrors adapt/methods/translation.py: one generator forward
+count_include_pad=False pooling) and the step mirrors adapt/trainers/unit_step.py: one generator forward
 with latent noise, a critic Adam update on the detached translations, then a generator Adam update
 against the updated critics (LSGAN, reference loss weights, Adam(lr, 0.5, 0.999) + L2 weight decay).
 Before timing, the JAX parameters are copied into the PyTorch model and the deterministic translations
@@ -248,8 +248,9 @@ def build(a, framework):
     for both, so both start from the same weights."""
     import jax
     from experiments.configs import unit_quick
-    from adapt.methods import translation
     from adapt.models.unit import UNITConfig
+    from adapt.trainers.unit import init_state
+    from adapt.trainers.unit_step import make_train_step
     from adapt.training import data_parallel, make_mesh, replicate, shard_batch, to_host
     config = unit_quick.get_config()
     config.model.update(dim=a.dim, n_downsample=a.n_downsample, n_res=a.n_res, n_shared=a.n_shared,
@@ -259,10 +260,10 @@ def build(a, framework):
     B, S = a.batch_size, a.image_size
     rng = np.random.default_rng(0)
     batch = {'a': rng.random((B, S, S, 3), np.float32), 'b': rng.random((B, S, S, 3), np.float32)}
-    state0 = translation.init_state(config)
+    state0 = init_state(config)
     if framework == 'jax':
         mesh = make_mesh(1)
-        step = data_parallel(translation.make_train_step(cfg), mesh)
+        step = data_parallel(make_train_step(cfg), mesh)
         box = {'state': replicate(state0, mesh)}
         jbatch = shard_batch(batch, mesh)
 
@@ -323,8 +324,9 @@ def check_equivalence(a):
     import jax.numpy as jnp
     from experiments.configs import unit_quick
     from adapt.losses.gan import unit_generator_loss
-    from adapt.methods import translation
     from adapt.models.unit import UNIT as JaxUNIT, Discriminators as JaxDiscriminators, UNITConfig
+    from adapt.trainers.unit import init_state
+    from adapt.trainers.unit_step import generate
     from adapt.training import to_host
     config = unit_quick.get_config()
     config.model.update(dim=a.dim, n_downsample=a.n_downsample, n_res=a.n_res, n_shared=a.n_shared,
@@ -334,7 +336,7 @@ def check_equivalence(a):
     B, S = 2, a.image_size
     rng = np.random.default_rng(1)
     x_a, x_b = rng.uniform(-1, 1, (B, S, S, 3)).astype(np.float32), rng.uniform(-1, 1, (B, S, S, 3)).astype(np.float32)
-    params = to_host(translation.init_state(config).params)
+    params = to_host(init_state(config).params)
     gen, dis = UNIT(a), Discriminators(a)
     load_flax(gen, params['gen'])
     load_flax(dis, params['disc'])
@@ -343,7 +345,7 @@ def check_equivalence(a):
     print(f'parameters: generator {n_params(gen):,} (JAX {n_jax(params["gen"]):,}), critics '
           f'{n_params(dis):,} (JAX {n_jax(params["disc"]):,})')
     zero = jnp.zeros((2 * B, S // cfg.stride, S // cfg.stride, cfg.dim * cfg.stride))
-    out = translation.generate(JaxUNIT(cfg), params['gen'], jnp.asarray(x_a), jnp.asarray(x_b), zero, zero)
+    out = generate(JaxUNIT(cfg), params['gen'], jnp.asarray(x_a), jnp.asarray(x_b), zero, zero)
     critics = lambda x, d: JaxDiscriminators(cfg).apply({'params': params['disc']}, x, d)  # noqa: E731
     jax_loss = unit_generator_loss({**out, 'd_ba': critics(out['x_ba'], 'a'), 'd_ab': critics(out['x_ab'], 'b')})[0]
     nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # noqa: E731

@@ -3,6 +3,7 @@
 A wrong flag value must never end in a traceback: `parse_flags` turns absl's flag errors into one line,
 and `check_choice` / `check_dataset` / `check_split` name the valid choices in theirs.
 """
+import contextlib
 import difflib
 import os
 import sys
@@ -18,6 +19,17 @@ def usage_error(message):
     """Print `<script>: <message>` on one line to stderr and exit with status 2."""
     print(f'{os.path.basename(sys.argv[0])}: {message}', file=sys.stderr)
     sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_on_non_finite():
+    """A NaN/Inf in training (adapt.training.NonFiniteError, a FloatingPointError) ends the script with the
+    error on one line and exit status 1 (the last good checkpoint is kept)."""
+    try:
+        yield
+    except FloatingPointError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(1)
 
 
 def _one_line(error):
@@ -49,6 +61,25 @@ def define_config(default, help_string='Preset (ml_collections get_config()).'):
         return config_flags.DEFINE_config_file('config', default, help_string)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         usage_error(f'bad flag: {_one_line(error)}')
+
+
+def define_run_flags(min_steps=None):
+    """The flags of every training script: --workdir (required), --data_dir, --num_steps (at least
+    `min_steps` when set)."""
+    from absl import flags
+    flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here; rerun to resume.', required=True)
+    flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
+    flags.DEFINE_integer('num_steps', None, 'Training steps (default: the preset\'s).', lower_bound=min_steps)
+
+
+def apply_flags(config, names):
+    """`config` with the value of each flag in `names` that was given (not None) set under the same key."""
+    from absl import flags
+    with config.unlocked():
+        for name in names:
+            if getattr(flags.FLAGS, name) is not None:
+                config[name] = getattr(flags.FLAGS, name)
+    return config
 
 
 def define_distributed_flags():

@@ -2,12 +2,11 @@
 
 Both scripts define the same flags over their own default preset; `main` validates every choice (a bad
 name is one line listing the valid choices, exit status 2), prepares the data and calls
-`adapt.methods.trainer.train`. A NaN/Inf stops with one line and exit status 1, the last good checkpoint
+`adapt.trainers.detection.train`. A NaN/Inf stops with one line and exit status 1, the last good checkpoint
 intact; the same command resumes an interrupted run.
 """
 import os
 import signal
-import sys
 
 from absl import flags, logging
 
@@ -19,14 +18,12 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 def define_flags(default_preset):
     common.define_config(os.path.join(CONFIGS, default_preset))
-    flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here; rerun to resume.', required=True)
+    common.define_run_flags()
     flags.DEFINE_string('dataset', None, 'Labelled source: TFDS name[/config] (default: the preset\'s).')
     flags.DEFINE_string('train_split', None, 'Source training split (default: the preset\'s, train_day).')
     flags.DEFINE_string('eval_splits', None, 'Comma-separated evaluation splits (default: the preset\'s).')
     flags.DEFINE_string('backbone', None, 'Backbone of the chosen detector (default: the preset\'s).')
     flags.DEFINE_string('detector', None, 'Detector family, e.g. ssd | retinanet (default: the preset\'s).')
-    flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
-    flags.DEFINE_integer('num_steps', None, 'Training steps (default: the preset\'s).')
     common.define_distributed_flags()
     flags.DEFINE_integer('kill_at_step', 0, 'Testing only: SIGKILL this process right after this step '
                          '(the crash-and-resume test).')
@@ -34,14 +31,10 @@ def define_flags(default_preset):
 
 def resolve_config():
     """(config, source builder, target builder) with the flags applied and every choice validated."""
-    from adapt.methods.trainer import eval_splits, setup, train_data
+    from adapt.trainers.detection import eval_splits, setup, train_data
     from adapt.registry import RegistryError
     from adapt.training.config import optimizer_config
-    config = FLAGS.config
-    with config.unlocked():
-        for name in ('dataset', 'train_split', 'eval_splits', 'detector', 'num_steps'):
-            if getattr(FLAGS, name) is not None:
-                config[name] = getattr(FLAGS, name)
+    config = common.apply_flags(FLAGS.config, ('dataset', 'train_split', 'eval_splits', 'detector', 'num_steps'))
     common.check_detector_family(config)
     common.set_backbone(config, FLAGS.backbone)
     try:
@@ -82,13 +75,10 @@ def main(argv):
     config, source, target = resolve_config()
     common.prepare(source)
     common.prepare(target)
-    from adapt.methods.trainer import train  # heavy imports only once the flags are checked
-    try:
+    from adapt.trainers.detection import train  # heavy imports only once the flags are checked
+    with common.exit_on_non_finite():
         summary = train(config, source, target, FLAGS.workdir, data_dir=FLAGS.data_dir,
                         on_step=_killer(FLAGS.kill_at_step))
-    except FloatingPointError as err:  # adapt.training.NonFiniteError
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(1)
     for split, metrics in summary.items():
         print(f"{split}: mAP@0.5 {metrics['AP50']:.4f}  mAP@[.5:.95] {metrics['AP']:.4f}  "
               f"VOC07 mAP {metrics.get('voc07_mAP', float('nan')):.4f}")

@@ -15,7 +15,6 @@ a bad flag value gives one line and exit status 2.
 """
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 
@@ -24,14 +23,12 @@ from experiments import common
 _CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 FLAGS = flags.FLAGS
 common.define_config(os.path.join(_CONFIGS, 'unit_quick.py'))
-flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here; rerun to resume.', required=True)
+common.define_run_flags(min_steps=1)
 flags.DEFINE_string('dataset_a', None, 'TFDS name[/config] of domain a (source, day).')
 flags.DEFINE_string('split_a', None, 'Split of domain a.')
 flags.DEFINE_string('dataset_b', None, 'TFDS name[/config] of domain b (target, night).')
 flags.DEFINE_string('split_b', None, 'Split of domain b.')
 flags.DEFINE_string('eval_dataset', None, 'Dataset with a paired split for scoring ("" = no scoring).')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
-flags.DEFINE_integer('num_steps', None, 'Training steps (default: the preset\'s).', lower_bound=1)
 flags.DEFINE_boolean('resize', True, 'Resize images to the config\'s size; with --noresize, reject other sizes.')
 flags.DEFINE_string('inception_weights', None, 'Keras InceptionV3 no-top weights file: also report Inception FID.')
 
@@ -57,27 +54,23 @@ def check_image_size(builder, split, size, resize):
 
 
 def resolve_config():
-    """The preset with the flags applied and every choice validated (usage error, exit 2, otherwise)."""
+    """(trainer, builder a, builder b, evaluation builder or None): the preset with the flags applied and every
+    choice validated (usage error, exit 2, otherwise)."""
     from adapt.losses.gan import FEATURE_KINDS, GAN_KINDS
     from adapt.models.unit import PAD_TYPES
-    config = FLAGS.config
-    with config.unlocked():
-        for name in ('dataset_a', 'split_a', 'dataset_b', 'split_b', 'eval_dataset', 'num_steps'):
-            if getattr(FLAGS, name) is not None:
-                config[name] = getattr(FLAGS, name)
+    config = common.apply_flags(FLAGS.config, ('dataset_a', 'split_a', 'dataset_b', 'split_b', 'eval_dataset',
+                                               'num_steps'))
     common.check_choice('GAN loss', config.loss.gan_kind, GAN_KINDS)
     common.check_choice('feature loss', config.loss.feature_kind, FEATURE_KINDS)
     common.check_choice('pad_type', config.model.pad_type, PAD_TYPES)
-    weights = config.loss.weights
-    if weights.get('feature', 0.0) > 0 and not (config.loss.feature_backbone or config.loss.detector_run):
-        common.usage_error('the feature loss (config.loss.weights.feature > 0) needs '
-                           '--config.loss.feature_backbone=<a train_detector workdir> (or loss.detector_run)')
-    if (weights.get('semantic', 0.0) > 0 or weights.get('labelled_cycle', 0.0) > 0) and not config.loss.detector_run:
-        common.usage_error('the semantic and labelled-cycle losses need --config.loss.detector_run=<a '
-                           'train_detector workdir> (the frozen day detector)')
     for path in (config.loss.feature_backbone, config.loss.detector_run, config.fd_backbone, FLAGS.inception_weights):
         if path and not os.path.exists(path):
             common.usage_error(f'no such file or directory: {path}')
+    from adapt.trainers import unit  # heavy imports (TensorFlow) only once the flags are checked
+    try:
+        trainer = unit.from_config(config)  # the frozen networks its terms read, loaded once
+    except ValueError as err:
+        common.usage_error(str(err))
     import jax
     if config.batch_size % jax.device_count():
         common.usage_error(f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices')
@@ -93,41 +86,26 @@ def resolve_config():
         eval_builder = (builder_a if config.eval_dataset == config.dataset_a
                         else _builder(config.eval_dataset, [config.eval_split]))
         common.check_split(eval_builder, config.eval_split)
-    return config, builder_a, builder_b, eval_builder
+    return trainer, builder_a, builder_b, eval_builder
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint file at INFO
-    config, builder_a, builder_b, eval_builder = resolve_config()
-    from adapt.evaluation.translation_eval import InceptionFeatures, format_table  # heavy imports: flags are fine
-    from adapt.methods import translation
+    trainer, builder_a, builder_b, eval_builder = resolve_config()
+    from adapt.evaluation.translation_eval import InceptionFeatures, evaluate_unit, format_table  # after the flags
     from adapt.models.frozen_features import random_features
     from adapt.run_models import detector_features
     from adapt.training import to_host
-    features = detector = None
-    if config.loss.weights.get('feature', 0.0) > 0:
-        features = detector_features(config.loss.feature_backbone or config.loss.detector_run,
-                                     config.loss.feature_levels)
-    weights = config.loss.weights
-    if weights.get('semantic', 0.0) > 0 or weights.get('labelled_cycle', 0.0) > 0:
-        detector = translation.frozen_detector(config.loss.detector_run)
-        try:
-            translation.check_detector(config, detector)
-        except ValueError as err:
-            common.usage_error(str(err))
-    try:
-        state = translation.train(config, builder_a, builder_b, FLAGS.workdir, features=features,
-                                  detector=detector, data_dir=FLAGS.data_dir)
-    except FloatingPointError as err:  # adapt.training.NonFiniteError
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(1)
+    config = trainer.config
+    with common.exit_on_non_finite():
+        state = trainer.train(builder_a, builder_b, FLAGS.workdir, data_dir=FLAGS.data_dir)
     if eval_builder is None:
         return
     fd_features = (detector_features(config.fd_backbone) if config.fd_backbone
                    else random_features('resnet18', 0.25, seed=0))
     inception = InceptionFeatures(FLAGS.inception_weights) if FLAGS.inception_weights else None
-    metrics = translation.evaluate(config, to_host(state.params['gen']), eval_builder, fd_features, inception)
+    metrics = evaluate_unit(config, to_host(state.params['gen']), eval_builder, fd_features, inception)
     metrics.update(step=config.num_steps, eval_dataset=config.eval_dataset, eval_split=config.eval_split)
     with open(os.path.join(FLAGS.workdir, 'translation_metrics.json'), 'w') as f:
         json.dump(metrics, f, indent=1)

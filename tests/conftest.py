@@ -71,8 +71,8 @@ def unit_run(tmp_path_factory):
 
     import jax
 
-    from adapt.methods import translation
     from adapt.runs import write_run
+    from adapt.trainers.unit import init_state
     from adapt.training import Checkpointer
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scripts'))
     import unit_tiny
@@ -80,7 +80,7 @@ def unit_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('unit_run') / 'run')
     config = unit_tiny.config(image_size=32)
     config.model.n_downsample = 2
-    state = jax.device_get(translation.init_state(config))
+    state = jax.device_get(init_state(config))
     write_run(workdir, 'unit', config)
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
     try:

@@ -6,7 +6,7 @@ import os
 import jax
 import numpy as np
 
-from adapt.methods.trainer import init_state, setup
+from adapt.trainers.detection import init_state, setup
 from adapt.runs import load_run
 from tests.script_runner import TINY, finish, start
 

@@ -14,7 +14,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scr
 import unit_tiny  # noqa: E402
 
 from adapt.losses.detection_aware import labelled_cycle, semantic_consistency  # noqa: E402
-from adapt.methods import translation  # noqa: E402
+from adapt.trainers import unit  # noqa: E402
+from adapt.trainers.unit_judge import frozen_detector  # noqa: E402
+from adapt.trainers.unit_step import crop, paste  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +83,11 @@ def test_crop_and_paste_are_windows_of_the_frames():
     rng = np.random.default_rng(2)
     images = rng.random((3, 10, 12, 3), np.float32)
     offsets = np.array([[0, 0], [2, 5], [6, 8]], np.int32)
-    crops = np.asarray(translation.crop(images, offsets, 4))
+    crops = np.asarray(crop(images, offsets, 4))
     for i, (top, left) in enumerate(offsets):
         np.testing.assert_array_equal(crops[i], images[i, top:top + 4, left:left + 4])
     patches = rng.random((3, 4, 4, 3), np.float32)
-    pasted = np.asarray(translation.paste(images, patches, offsets))
+    pasted = np.asarray(paste(images, patches, offsets))
     for i, (top, left) in enumerate(offsets):
         expected = images[i].copy()
         expected[top:top + 4, left:left + 4] = patches[i]
@@ -105,8 +107,8 @@ def _config(num_steps):
 
 
 def _train(workdir, num_steps, detector, builder, mesh=None, lines=None):
-    state = translation.train(_config(num_steps), builder, builder, str(workdir), detector=detector, mesh=mesh,
-                              print_fn=(lines if lines is not None else []).append)
+    state = unit.Trainer(_config(num_steps), detector=detector).train(
+        builder, builder, str(workdir), mesh=mesh, print_fn=(lines if lines is not None else []).append)
     return jax.device_get(state)
 
 
@@ -115,8 +117,8 @@ def test_translation_with_detection_terms_resumes_exactly_and_matches_one_device
     day / night frames, with day labels. A run stopped after its step-2 checkpoint and started again
     reaches the uninterrupted run's state bit for bit (crop windows, noise and sampling are keyed by the
     step; the data position is checkpointed): the stopped run is a copy of the whole one without its
-    step-4 checkpoint (SIGKILL at any point of the loop: tests/test_training_resume.py). 1 device takes
-    the same steps as 4."""
+    last (step-3) checkpoint (SIGKILL at any point of the loop: tests/test_training_resume.py). 1 device
+    takes the same steps as 4."""
     import shutil
 
     import tensorflow_datasets as tfds
@@ -124,18 +126,18 @@ def test_translation_with_detection_terms_resumes_exactly_and_matches_one_device
     import adapt.datasets  # noqa: F401
     from adapt.training import make_mesh
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])
-    detector = translation.frozen_detector(source_run[0])
+    detector = frozen_detector(source_run[0])
     before = jax.tree.map(np.copy, detector.variables)
-    whole = _train(tmp_path / 'whole', 4, detector, builder)
+    whole = _train(tmp_path / 'whole', 3, detector, builder)
     shutil.copytree(tmp_path / 'whole', tmp_path / 'stopped')
-    shutil.rmtree(tmp_path / 'stopped' / 'checkpoints' / '4')
+    shutil.rmtree(tmp_path / 'stopped' / 'checkpoints' / '3')
     lines = []
-    resumed = _train(tmp_path / 'stopped', 4, detector, builder, lines=lines)
+    resumed = _train(tmp_path / 'stopped', 3, detector, builder, lines=lines)
     assert any('resumed from' in line and 'step 2' in line for line in lines), lines
-    assert int(whole.step) == int(resumed.step) == 4
+    assert int(whole.step) == int(resumed.step) == 3
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(a, b)
-    one = _train(tmp_path / 'one', 4, detector, builder, mesh=make_mesh(1))
+    one = _train(tmp_path / 'one', 3, detector, builder, mesh=make_mesh(1))
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(whole.params)[0], jax.tree.leaves(one.params)):
         scale = max(np.abs(a).max(), 1e-6)
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-4 * scale, err_msg=jax.tree_util.keystr(path))
@@ -143,6 +145,6 @@ def test_translation_with_detection_terms_resumes_exactly_and_matches_one_device
         np.testing.assert_array_equal(a, b)  # the judge is never trained
     import json
     logged = [json.loads(line) for line in open(tmp_path / 'whole' / 'metrics.jsonl')]
-    assert [row['step'] for row in logged] == [1, 2, 3, 4]
+    assert [row['step'] for row in logged] == [1, 2, 3]
     for row in logged:  # the terms were on: the labelled cycle is the detector's loss, far from zero
         assert row['g_semantic_a'] > 0 and row['g_semantic_b'] > 0 and row['g_labelled_cycle_a'] > 0.1, row

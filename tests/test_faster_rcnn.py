@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from adapt.evaluation import detections_to_results, evaluate_coco, ground_truth_from_arrays
-from adapt.methods.trainer import init_state, setup
+from adapt.trainers.detection import init_state, setup
 from adapt.models.inference import make_predict_fn
 from adapt.models.rpn import ProposalSettings, propose
 from adapt.training import data_parallel, make_mesh, replicate, shard_batch, to_host
@@ -213,10 +213,10 @@ def test_overfits_one_batch(compiled):
 
 
 def test_dann_runs_through_the_trainer(tmp_path, env, compiled):
-    """adapt.methods.trainer.train (what adapt_detector runs) for 2 steps of DANN at both levels on the tiny
+    """adapt.trainers.detection.train (what adapt_detector runs) for 2 steps of DANN at both levels on the tiny
     dataset: the terms are finite and non-zero at every step and the domain classifiers are trained."""
     import tensorflow_datasets as tfds
-    from adapt.methods.trainer import train
+    from adapt.trainers.detection import train
     from tests.script_runner import final_params
     config, _, state, _ = compiled
     summary = train(config, tfds.builder('daynight_synth/tiny', data_dir=env[1]), workdir=str(tmp_path),

@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from adapt.datasets.pipeline import DetectionPipeline
 from adapt.datasets.two_domain import TRAIN_FIELDS
 from adapt.methods.fine_tune import BACKBONE, choose_indices, labelled_subset
-from adapt.methods.trainer import data_iterator, run_record, setup, train_data
+from adapt.trainers.detection import data_iterator, run_record, setup, train_data
 from adapt.runs import write_run
 from adapt.training import Checkpointer
 from adapt.training.optim import param_path

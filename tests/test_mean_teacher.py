@@ -14,7 +14,7 @@ import pytest
 from adapt.datasets import augment as aug
 from adapt.losses.adaptation import ADAPTATION_LOSSES, adaptation_loss
 from adapt.methods.mean_teacher import pseudo_labels, update_teacher
-from adapt.methods.trainer import init_state, setup
+from adapt.trainers.detection import init_state, setup
 from adapt.nms import Detections
 from adapt.training import TrainState, data_parallel, make_mesh, replicate, shard_batch, to_host
 from tests.script_runner import TINY, final_params, finish, start

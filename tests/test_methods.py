@@ -16,7 +16,7 @@ import pytest
 from adapt.datasets.two_domain import ZipIterator
 from adapt.losses.adaptation import coral_loss, dann_image, entropy, mmd
 from adapt.methods.base import Method, get_method, resolve_terms
-from adapt.methods.trainer import init_state, setup
+from adapt.trainers.detection import init_state, setup
 from adapt.registry import RegistryError
 from adapt.training import data_parallel, make_mesh, replicate, shard_batch, to_host
 from tests.test_alignment import ref_coral, ref_mmd

@@ -83,7 +83,7 @@ def test_rounds_train_on_the_stored_labels_and_resume_inside_a_round(env, tmp_pa
 
     import jax
     import tensorflow_datasets as tfds
-    from adapt.methods.trainer import train
+    from adapt.trainers.detection import train
     from tests.script_runner import final_params
     from tests.tiny_config import get_config
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])

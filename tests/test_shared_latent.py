@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from adapt.methods.trainer import setup
+from adapt.trainers.detection import setup
 from adapt.run_models import build_detector, load_generator
 from adapt.models.unit import UNIT, to_model
 from tests.test_methods import _assert_trees, _batch, _stepper

@@ -77,10 +77,10 @@ def test_train_writes_results_and_evaluate_reads_them(tmp_path, env, source_run)
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, env):
-    """trainer.train (what the scripts run; they print the error on one line and exit 1) on an exploding
-    learning rate: NonFiniteError names the step, and nothing at or after it was saved."""
+    """adapt.trainers.detection.train (what the scripts run; they print the error on one line and exit 1) on
+    an exploding learning rate: NonFiniteError names the step, and nothing at or after it was saved."""
     import tensorflow_datasets as tfds
-    from adapt.methods.trainer import train
+    from adapt.trainers.detection import train
     from adapt.training import NonFiniteError
     from tests.tiny_config import get_config
     config = get_config()
@@ -95,7 +95,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, env):
 
 def test_init_from_loads_the_backbone_checkpoint(tmp_path):
     import jax.numpy as jnp
-    from adapt.methods.trainer import init_state, setup
+    from adapt.trainers.detection import init_state, setup
     from adapt.models.backbones import get_backbone
     from adapt.models.keras_import import save_backbone_checkpoint
     from tests.tiny_config import RESNET10, tiny_config

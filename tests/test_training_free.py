@@ -317,7 +317,7 @@ def test_prepare_hooks_wrap_the_detector_and_fill_the_transform_settings(env, un
     import tensorflow_datasets as tfds
 
     from adapt.methods import training_free
-    from adapt.methods.trainer import setup
+    from adapt.trainers.detection import setup
     from adapt.models.families import build_detector
     from adapt.models.translated import TranslatedDetector
     from tests.tiny_config import get_config, tiny_config
@@ -347,7 +347,7 @@ def test_prepare_hooks_wrap_the_detector_and_fill_the_transform_settings(env, un
             setup(tiny_config(**settings), 3)
         assert '\n' not in str(error.value)
     # ... and by trainer.train (in Python) before `prepare` reads them or any statistic is taken
-    from adapt.methods.trainer import train
+    from adapt.trainers.detection import train
     for settings, needle in ((dict(method='gamma'), 'gamma trains nothing'),
                              (dict(method='online_translation', init_run=source_run[0]),
                               'online_translation needs --config.translator=')):
@@ -378,7 +378,7 @@ def _train(method, source_run, env, workdir):
     """trainer.train of `method` from the tiny source run (the scripts' tiny preset it was trained with)."""
     import tensorflow_datasets as tfds
 
-    from adapt.methods.trainer import train
+    from adapt.trainers.detection import train
     from tests.tiny_config import get_config
     config = get_config()
     config.update(dict(method=method, init_run=source_run[0]))

@@ -13,9 +13,9 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scripts'))
 import unit_tiny  # noqa: E402
 
-from adapt.methods import translation  # noqa: E402
 from adapt.models.unit import UNITConfig, make_translate_fn  # noqa: E402
 from adapt.runs import write_run  # noqa: E402
+from adapt.trainers.unit import init_state  # noqa: E402
 from adapt.training import Checkpointer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
     config = unit_tiny.config()
     workdir = root / 'workdir'
     write_run(str(workdir), 'unit', config)
-    state = translation.init_state(config)
+    state = init_state(config)
     ckpt = Checkpointer(str(workdir / 'checkpoints'))
     ckpt.save(3, state, {'step': 3})
     ckpt.close()

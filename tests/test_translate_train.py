@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from adapt.datasets.two_domain import TRAIN_FIELDS
 from adapt.methods import translate_train
 from adapt.run_models import load_generator
-from adapt.methods.trainer import data_iterator, run_record, setup, train_data
+from adapt.trainers.detection import data_iterator, run_record, setup, train_data
 from adapt.models.unit import UNIT
 from adapt.runs import write_run
 from tests.tiny_config import tiny_config

@@ -1,9 +1,9 @@
-"""UNIT training: 4 devices == 1 device, the step's objectives equal a host recomputation (noise, alternating
-order), the two-domain data iterator resumes exactly, and a NaN stops train_unit cleanly (exit 1) with the
-last good checkpoint intact."""
+"""UNIT training: 4 devices == 1 device, the step's objectives equal a NumPy reference of the UNIT losses
+(noise, alternating order), the two-domain data iterator resumes exactly, and a NaN stops training cleanly
+with the last good checkpoint intact (train_unit: one line, exit 1)."""
+import functools
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -14,13 +14,13 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scripts'))
 import unit_tiny  # noqa: E402
 
-from adapt.losses.gan import unit_discriminator_loss, unit_generator_loss  # noqa: E402
-from adapt.methods import translation  # noqa: E402
 from adapt.models.frozen_features import random_features  # noqa: E402
 from adapt.models.unit import UNIT, Discriminators, UNITConfig  # noqa: E402
-from adapt.training import Checkpointer  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from adapt.trainers import unit  # noqa: E402
+from adapt.trainers.unit import init_state  # noqa: E402
+from adapt.trainers.unit_data import make_data_iterator  # noqa: E402
+from adapt.training import Checkpointer, NonFiniteError  # noqa: E402
+from experiments import common  # noqa: E402
 
 
 def _assert_close(a, b, rtol=2e-4):
@@ -42,14 +42,14 @@ FEATURES = random_features('resnet18', 0.125, levels=('C2', 'C3'), seed=0,
 def runs():
     cfg = unit_tiny.config()
     batches = [unit_tiny.batch(0), unit_tiny.batch(1)]
-    start = jax.device_get(translation.init_state(cfg))
+    start = jax.device_get(init_state(cfg))
     return cfg, batches, start, {n: unit_tiny.run_steps(cfg, batches, n, state=start, weights=WEIGHTS,
                                                         features=FEATURES) for n in (1, 4)}
 
 
 def test_four_devices_equal_one_device(runs):
     _, _, start, results = runs
-    (one, m1), (four, m4) = results[1], results[4]
+    ((_, one), m1), ((_, four), m4) = results[1], results[4]
     assert int(one.step) == int(four.step) == 2
     _assert_close(one.params, four.params)
     _assert_close(one.opt_state, four.opt_state)
@@ -59,39 +59,81 @@ def test_four_devices_equal_one_device(runs):
     assert moved > 1e-4  # the steps really trained (equality alone would prove little)
 
 
-def test_step_objectives_equal_host_recomputation(runs):
-    """Step 1 on 4 devices: the critics' loss on the initial parameters, and the generator's loss
-    against the UPDATED critics, with the noise the step draws per example (fold_in(key, index))."""
+# The UNIT reference's loss weights (mingyuliutw/UNIT), with the feature loss of WEIGHTS.
+REFERENCE_WEIGHTS = {'gan': 1.0, 'recon': 10.0, 'kl': 0.01, 'cycle': 10.0, 'cycle_kl': 0.01, **WEIGHTS}
+
+
+def _lsgan_critic(real_maps, fake_maps):
+    return sum(np.mean((r - 1.0) ** 2) + np.mean(f ** 2) for r, f in zip(real_maps, fake_maps))
+
+
+def _lsgan_generator(fake_maps):
+    return sum(np.mean((f - 1.0) ** 2) for f in fake_maps)
+
+
+def _l1(x, y):
+    return np.mean(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
+
+
+def _kl(mu):
+    return np.mean(np.asarray(mu, np.float64) ** 2)
+
+
+def _networks(cfg, gen, disc0, disc1, x_a, x_b, noise, noise_cycle):
+    """Every network output the step's objectives read, each domain through `encode` / `decode` on its own
+    (the step runs both domains through the shared layers as one batch): z = mu + noise, translations
+    re-encoded and decoded with the cycle noise; critic maps under the initial critics `disc0` and, for the
+    generator's adversarial term, the critics after step 1 `disc1`; frozen features of images in [0, 1]."""
+    model, critics, b = UNIT(cfg), Discriminators(cfg), x_a.shape[0]
+    enc = lambda x, d: model.apply({'params': gen}, x, d, method=UNIT.encode)  # noqa: E731
+    dec = lambda z, d: model.apply({'params': gen}, z, d, method=UNIT.decode)  # noqa: E731
+    crit = lambda p, x, d: critics.apply({'params': p}, x, d)  # noqa: E731
+    h_a, h_b = enc(x_a, 'a'), enc(x_b, 'b')
+    z_a, z_b = h_a + noise[:b], h_b + noise[b:]
+    x_ab, x_ba = dec(z_a, 'b'), dec(z_b, 'a')
+    h_ab, h_ba = enc(x_ab, 'b'), enc(x_ba, 'a')
+    feat = lambda x: FEATURES((x + 1.0) / 2.0)  # noqa: E731
+    return {'x_aa': dec(z_a, 'a'), 'x_bb': dec(z_b, 'b'), 'x_aba': dec(h_ab + noise_cycle[:b], 'a'),
+            'x_bab': dec(h_ba + noise_cycle[b:], 'b'), 'h_a': h_a, 'h_b': h_b, 'h_ab': h_ab, 'h_ba': h_ba,
+            'd0_real_a': crit(disc0, x_a, 'a'), 'd0_ba': crit(disc0, x_ba, 'a'),
+            'd0_real_b': crit(disc0, x_b, 'b'), 'd0_ab': crit(disc0, x_ab, 'b'),
+            'd1_ba': crit(disc1, x_ba, 'a'), 'd1_ab': crit(disc1, x_ab, 'b'),
+            'f_a': feat(x_a), 'f_b': feat(x_b), 'f_ab': feat(x_ab), 'f_ba': feat(x_ba)}
+
+
+def test_step_objectives_match_a_numpy_reference(runs):
+    """Step 1 on 4 devices against the UNIT objectives written out in NumPy: the critics' LSGAN loss under
+    the initial critics, and the generator's (LSGAN + 10 L1 reconstruction + 0.01 KL + 10 L1 cycle +
+    0.01 cycle KL + the feature L1) against the critics UPDATED by the same step, with the latent noise the
+    step draws per example (normal draws keyed by fold_in(step key, global example index))."""
     cfg_dict, batches, start, results = runs
-    (after, metrics) = results[4]
+    (after, _), (metrics, _) = results[4]
     cfg = UNITConfig.from_mapping(cfg_dict.model)
     key = jax.random.fold_in(jnp.asarray(start.rng), 0)     # the engine's per-step key at step 0
     b = batches[0]['a'].shape[0]
     keys = [jax.random.fold_in(key, i) for i in range(b)] + [jax.random.fold_in(jax.random.fold_in(key, 1), i)
                                                                for i in range(b)]
-    shape = translation.latent_shape(cfg, (16, 16))
-    draws = jnp.stack([jax.random.normal(k, (2, *shape)) for k in keys])
+    latent = (16 // cfg.stride, 16 // cfg.stride, cfg.dim * cfg.stride)
+    draws = jnp.stack([jax.random.normal(k, (2, *latent)) for k in keys])
     x_a, x_b = batches[0]['a'] * 2 - 1, batches[0]['b'] * 2 - 1
-    fast = dict(compiler_options=unit_tiny.FAST_COMPILE)
-    out = jax.jit(lambda p: translation.generate(UNIT(cfg), p, x_a, x_b, draws[:, 0], draws[:, 1]),
-                  **fast)(start.params['gen'])
-    critics = jax.jit(lambda p, x, d: Discriminators(cfg).apply({'params': p}, x, d), static_argnums=2, **fast)
-    d_total, _ = unit_discriminator_loss({'d_real_a': critics(start.params['disc'], out['x_a'], 'a'),
-                                          'd_ba': critics(start.params['disc'], out['x_ba'], 'a'),
-                                          'd_real_b': critics(start.params['disc'], out['x_b'], 'b'),
-                                          'd_ab': critics(start.params['disc'], out['x_ab'], 'b')})
-    # the critics after step 1: re-run step 1 alone (a 1-step run from the same start)
-    disc1 = unit_tiny.run_steps(cfg_dict, batches[:1], 1, ('disc',), state=start)[0].params['disc']
-    features = jax.jit(lambda x: FEATURES((x + 1) / 2), **fast)
-    g_total, g_metrics = unit_generator_loss(
-        {**out, 'd_ba': critics(disc1, out['x_ba'], 'a'), 'd_ab': critics(disc1, out['x_ab'], 'b'),
-         'f_a': features(out['x_a']), 'f_b': features(out['x_b']), 'f_ab': features(out['x_ab']),
-         'f_ba': features(out['x_ba'])}, WEIGHTS)
-    np.testing.assert_allclose(metrics[0]['d_loss'], d_total, rtol=1e-4)
-    np.testing.assert_allclose(metrics[0]['g_loss'], g_total, rtol=1e-4)
-    for name in ('g_gan_a', 'g_cycle_b', 'g_feature_a', 'g_feature_b'):
-        np.testing.assert_allclose(metrics[0][name], g_metrics[name], rtol=1e-4, err_msg=name)
-    assert int(after.step) == 2
+    out = jax.device_get(jax.jit(functools.partial(_networks, cfg), compiler_options=unit_tiny.FAST_COMPILE)(
+        start.params['gen'], start.params['disc'], after.params['disc'], x_a, x_b, draws[:, 0], draws[:, 1]))
+    d_total = _lsgan_critic(out['d0_real_a'], out['d0_ba']) + _lsgan_critic(out['d0_real_b'], out['d0_ab'])
+    terms = {'gan_a': _lsgan_generator(out['d1_ba']), 'gan_b': _lsgan_generator(out['d1_ab'])}
+    for d, x in (('a', x_a), ('b', x_b)):
+        other = 'b' if d == 'a' else 'a'
+        terms[f'recon_{d}'] = _l1(out[f'x_{d}{d}'], x)
+        terms[f'kl_{d}'] = _kl(out[f'h_{d}'])
+        terms[f'cycle_{d}'] = _l1(out[f'x_{d}{other}{d}'], x)
+        terms[f'cycle_kl_{d}'] = _kl(out[f'h_{d}{other}'])
+        levels = out[f'f_{d}']
+        terms[f'feature_{d}'] = np.mean([_l1(out[f'f_{d}{other}'][n], levels[n]) for n in sorted(levels)])
+    g_total = sum(REFERENCE_WEIGHTS[name.rsplit('_', 1)[0]] * value for name, value in terms.items())
+    np.testing.assert_allclose(metrics['d_loss'], d_total, rtol=1e-4)
+    np.testing.assert_allclose(metrics['g_loss'], g_total, rtol=1e-4)
+    assert sorted(k for k in metrics if k.startswith('g_') and k != 'g_loss') == sorted(f'g_{k}' for k in terms)
+    for name, value in terms.items():
+        np.testing.assert_allclose(metrics[f'g_{name}'], value, rtol=1e-4, atol=1e-7, err_msg=name)
 
 
 @pytest.fixture(scope='module')
@@ -103,14 +145,14 @@ def tiny_data(tmp_path_factory):
 def test_two_domain_iterator_resizes_and_resumes_exactly(tiny_data):
     _, builder = tiny_data
     cfg = unit_tiny.config(batch_size=4, flip_prob=0.5)
-    it = translation.make_data_iterator(cfg, builder, builder)
+    it = make_data_iterator(cfg, builder, builder)
     first = next(it)
     assert first['a'].shape == first['b'].shape == (4, 16, 16, 3)   # 64 px renders resized to 16 px
     assert 0.0 <= first['a'].min() and first['a'].max() <= 1.0
     assert not np.array_equal(first['a'], first['b'])               # day and night, not one stream twice
     position = it.state()
     later = [next(it) for _ in range(3)]                             # 4 images per split: crosses epochs
-    resumed = translation.make_data_iterator(cfg, builder, builder)
+    resumed = make_data_iterator(cfg, builder, builder)
     resumed.restore(json.loads(json.dumps(position)))                # as checkpointed (JSON)
     for expected in later:
         got = next(resumed)
@@ -122,16 +164,17 @@ def test_two_domain_iterator_resizes_and_resumes_exactly(tiny_data):
 
 def test_nan_stops_cleanly_with_last_good_checkpoint(tiny_data):
     """From step 4 on the learning rate is multiplied by 1e30 (a real divergence, via the step schedule):
-    train_unit must stop at the first non-finite value, say so on one line, exit 1, and keep step 3."""
-    root, _ = tiny_data
+    the UNIT trainer (what train_unit runs) must stop at the first non-finite value, name it, and keep
+    step 3 (train_unit turns the error into one line and exit status 1: the next test)."""
+    root, builder = tiny_data
     workdir = root / 'nan_run'
-    flags = unit_tiny.cli_flags(workdir, root / 'tfds', num_steps=8, **{'optimizer.boundaries': '(3,)',
-                                                                       'optimizer.decay_factor': 1e30})
-    result = subprocess.run([sys.executable, '-m', 'experiments.train_unit', *flags], cwd=ROOT,
-                            env=unit_tiny.subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: non-finite value at step 4') and 'last good checkpoint: step 3' in last, last
+    config = unit_tiny.config(batch_size=4, num_steps=8, log_every=1, checkpoint_every=1, image_every=2,
+                              tensorboard=False)
+    config.optimizer.update(boundaries=(3,), decay_factor=1e30)
+    with pytest.raises(NonFiniteError) as error:
+        unit.Trainer(config).train(builder, builder, str(workdir), print_fn=lambda line: None)
+    message = str(error.value)
+    assert message.startswith('non-finite value at step 4') and 'last good checkpoint: step 3' in message, message
     ckpt = Checkpointer(str(workdir / 'checkpoints'))
     try:
         assert ckpt.all_steps() == [2, 3]
@@ -142,9 +185,18 @@ def test_nan_stops_cleanly_with_last_good_checkpoint(tiny_data):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state['params']))
     logged = [json.loads(line)['step'] for line in open(workdir / 'metrics.jsonl')]
     assert logged == [1, 2, 3]
-    assert not os.path.exists(workdir / 'translation_metrics.json')
     # the image grid of step 2: 2 examples x (input | reconstruction | translation | cycle), 16 px zoomed x8
     from PIL import Image
     for name in ('night2day', 'day2night'):
         grid = np.asarray(Image.open(workdir / 'images' / f'{name}_00000002.png'))
         assert grid.shape == (2 * 130 + 2 + 4, 4 * 130 + 2 + 4, 3)  # the writer frames it once more
+
+
+def test_a_non_finite_run_ends_the_script_with_one_line_and_exit_1(capsys):
+    """What train_unit and the detector scripts do with the trainer's NonFiniteError."""
+    with pytest.raises(SystemExit) as stop:
+        with common.exit_on_non_finite():
+            raise NonFiniteError(4, 'g_loss', float('nan'), 3)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == ('error: non-finite value at step 4: g_loss=nan; stopped without saving '
+                                       '(last good checkpoint: step 3)\n')

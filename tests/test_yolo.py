@@ -284,7 +284,7 @@ def test_one_device_equals_four(config, one_device):
 
 
 def test_derived_priors_are_stored_and_a_loaded_run_rebuilds_the_detector(env, tmp_path):
-    """What adapt.methods.trainer.train does before it trains: the None priors become k-means priors of the
+    """What adapt.trainers.detection.train does before it trains: the None priors become k-means priors of the
     source split's boxes, run.json stores them, and the run read back builds a detector with them."""
     import tensorflow_datasets as tfds
     from adapt.models.data_settings import split_boxes

@@ -44,7 +44,7 @@ def throughput(config, num_classes, steps, warmup, matmul_size=0) -> dict:
     fraction of the machine's matmul peak (`matmul_size`: its side, 0: 2048 on CPU, 8192 elsewhere) and
     peak memory, as a flat dict of numbers and names."""
     import jax
-    from adapt.methods.trainer import init_state, setup
+    from adapt.trainers.detection import init_state, setup
     from adapt.models.data_settings import settings_family
     from adapt.models.families import with_box_settings
     from adapt.models.inference import make_predict_fn

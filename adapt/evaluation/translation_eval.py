@@ -8,6 +8,7 @@ Frechet distance between global-average-pooled features of the true day images a
 published Inception FID. `InceptionFeatures` gives Inception FID features when the user supplies a
 Keras InceptionV3 weights file (no download is possible here); with so few images it is biased upwards
 (FID needs thousands of samples for 2048-d features), so compare it only between runs of equal size.
+`evaluate_unit` scores the generator of a UNIT preset (experiments/configs/unit_*.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from adapt.evaluation.image_quality import frechet_distance_of, psnr, ssim
+from adapt.models.unit import UNITConfig, make_translate_fn
+from adapt.training.config import image_size
 
 PAIRED_SOURCE = 'image_night'   # daynight_synth `paired`: Sequence holding the night render
 PAIRED_TARGET = 'image'         # ... and the day render of the same scene
@@ -105,6 +108,15 @@ def evaluate_paired(translate, pairs, features=None, fd_level: str = 'C5', incep
     if features is not None:
         out['fd_features'] = f'{features.source}, {fd_level} global average pool (not Inception FID)'
     return out
+
+
+def evaluate_unit(config, gen_params, eval_builder, fd_features=None, inception=None) -> dict:
+    """Night -> day (b -> a) translation quality of a UNIT preset's generator on `config.eval_split` of
+    `eval_builder`, at the training resolution, deterministic translations (`evaluate_paired`)."""
+    translate = make_translate_fn(UNITConfig.from_mapping(config.model), 'b', 'a')
+    pairs = paired_images(eval_builder, config.eval_split, image_size(config), config.eval_batch_size,
+                          config.eval_examples)
+    return evaluate_paired(lambda x: translate(gen_params, x), pairs, fd_features, config.fd_level, inception)
 
 
 def format_table(metrics: dict, source: str = 'night', target: str = 'day') -> str:

@@ -6,7 +6,7 @@ supervising strong views), fine_tune.py (fine_tune on N labelled target images, 
 (Learning without Forgetting), translate_train.py (training on source images translated to the target),
 shared_latent.py (a detection head on the UNIT shared latent space), training_free.py (online
 translation, gamma, histeq, AdaBN: no detector training), step.py
-(the generic data-parallel step), trainer.py (state, data, loop, evaluation), translation.py (UNIT).
+(the generic data-parallel step). adapt.trainers.detection trains them.
 """
 from adapt.methods.base import METHODS, Method, StepContext, Term, get_method, register_method, resolve_terms
 from adapt.methods import builtin  # noqa: E402,F401  (registers the built-in methods first, in this order)

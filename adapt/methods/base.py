@@ -14,7 +14,7 @@
     or source labels carried over to translated source images): it supervises 'target' without ever
     reading a true target label.
   fit(run) -> state: the method schedules its own training (e.g. rounds) from an
-    `adapt.methods.trainer.TrainRun`; default: one loop of num_steps.
+    `adapt.trainers.detection.TrainRun`; default: one loop of num_steps.
   configure(config) -> Method: the method with the settings of its config block bound into its hooks and
     `hparams`; raises ValueError (one line) for bad settings.
   hparams: {loss name: {hparam: value}}, defaults of its losses' hyper-parameters under

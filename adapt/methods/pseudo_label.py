@@ -141,7 +141,7 @@ def fit(run):
     """Rounds of (predict the target split, keep the confident detections, train steps_per_round steps on
     source + pseudo-labelled target), each continuing from the previous one; resumes inside any round."""
     from adapt.methods.base import TrainData
-    from adapt.methods.trainer import data_iterator, init_state, whole_split
+    from adapt.trainers.detection import data_iterator, init_state, whole_split
     config, hp = run.config, run.config.pseudo_label
     check_rounds(config)
     state = init_state(config, run.setup)

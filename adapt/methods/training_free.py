@@ -68,7 +68,7 @@ def fit_untrained(run, update=None):
     when given), saved as the step-0 checkpoint; a saved one is reused (the same command resumes)."""
     import os
 
-    from adapt.methods.trainer import init_state
+    from adapt.trainers.detection import init_state
     from adapt.training.checkpoint import Checkpointer
     state = init_state(run.config, run.setup)
     ckpt = Checkpointer(os.path.join(run.workdir, 'checkpoints'), run.loop_config.keep)

@@ -127,8 +127,8 @@ class FasterRCNN(BackboneModel):
             raise ValueError(f'{FAMILY}: levels must be consecutive backbone maps of '
                              f'{", ".join(FEATURE_STRIDES)}, got {tuple(self.levels)}')
         if self.anchor_sizes is None:
-            raise ValueError(f'{FAMILY}: model.anchor_sizes is None: set it, or let adapt.methods.trainer.train derive '
-                             'it from the training boxes (adapt.models.families)')
+            raise ValueError(f'{FAMILY}: model.anchor_sizes is None: set it, or let adapt.trainers.detection.train '
+                             'derive it from the training boxes (adapt.models.families)')
         if self.fpn and len(self.anchor_sizes) != len(self.rpn_levels):
             raise ValueError(f'{FAMILY}: with the FPN, anchor_sizes needs one size per RPN level '
                              f'{self.rpn_levels}, got {tuple(self.anchor_sizes)}')

@@ -18,7 +18,7 @@ from adapt.boxes import decode_boxes
 
 UNIT_WEIGHTS = (1.0, 1.0, 1.0, 1.0)  # YOLO's codes against the prior boxes (see the module docstring)
 MISSING_PRIORS = ('yolo.model.anchors is None: set one list of (width, height) per level, or let '
-                  'adapt.methods.trainer.train derive them from the training boxes (adapt.models.families)')
+                  'adapt.trainers.detection.train derive them from the training boxes (adapt.models.families)')
 
 
 @dataclasses.dataclass(frozen=True)

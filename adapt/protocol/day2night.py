@@ -173,7 +173,7 @@ def data_stage(config, builders, manual_dir=None) -> Stage:
 
 
 def _train_detector(ctx, c, builders, test_splits):
-    from adapt.methods.trainer import train
+    from adapt.trainers.detection import train
     check_no_test_split(c, test_splits)
     source = builders(c.dataset)
     target = builders(c.target_dataset) if c.target_dataset else source
@@ -218,12 +218,12 @@ def seed_stages(config, builders, methods, seed) -> list:
                         run=lambda ctx: _train_detector(ctx, burn, builders, tests)))
 
     def run_unit(ctx):
-        from adapt.methods import translation
+        from adapt.trainers import unit
         c = unit_config(config, seed, ctx.dep_workdirs[sn('burn_in')])
-        judge = translation.frozen_detector(c.loss.detector_run) if _uses_judge(c) else None
         start = time.time()
-        translation.train(c, builders(c.dataset_a), builders(c.dataset_b), ctx.workdir, detector=judge,
-                          data_dir=builders.data_dir, print_fn=_logged(ctx), on_step=_progress(ctx, c.num_steps))
+        unit.from_config(c).train(builders(c.dataset_a), builders(c.dataset_b), ctx.workdir,
+                                  data_dir=builders.data_dir, print_fn=_logged(ctx),
+                                  on_step=_progress(ctx, c.num_steps))
         return {'num_steps': c.num_steps, 'seconds': time.time() - start}
 
     if any(needs_unit(config, m) for m in methods):  # no method reads a translator: no UNIT stage
@@ -258,11 +258,6 @@ def seed_stages(config, builders, methods, seed) -> list:
         previous = name
     stages.extend(evaluation_stages(config, builders, methods, seed))
     return stages
-
-
-def _uses_judge(unit_cfg) -> bool:
-    w = unit_cfg.loss.weights
-    return w.get('semantic', 0.0) > 0 or w.get('labelled_cycle', 0.0) > 0
 
 
 def evaluation_stages(config, builders, methods, seed) -> list:

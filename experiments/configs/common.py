@@ -231,7 +231,7 @@ def unit_config():
     c.image_size = 64
     c.batch_size = 4
     c.num_steps = 2000
-    c.crop_size = 0                             # > 0: train on random windows of this size (see translation.py)
+    c.crop_size = 0                             # > 0: train on random windows of this size (adapt.trainers.unit_step)
     c.max_boxes = 16                            # labels per day image (the labelled cycle)
     c.flip_prob = 0.5
     c.shuffle_buffer = 2048

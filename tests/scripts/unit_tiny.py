@@ -7,8 +7,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from adapt.methods import translation
 from adapt.models.unit import UNITConfig
+from adapt.trainers.unit import init_state
+from adapt.trainers.unit_step import make_train_step
 from adapt.training import parallel
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
@@ -39,18 +40,19 @@ def compiled_step(step_fn, state, example_batch, mesh):
 
 
 def run_steps(cfg, batches, num_devices, groups=('disc', 'gen'), state=None, **step_kwargs):
-    """(host state, metrics list) after one step per batch on a mesh of `num_devices`, from `state`
-    (default: `translation.init_state(cfg)`); `step_kwargs` go to `make_train_step`."""
+    """(host states, metrics) lists, one of each per batch, of one step per batch on a mesh of
+    `num_devices`, from `state` (default: `init_state(cfg)`); `step_kwargs` go to `make_train_step`."""
     mesh = parallel.make_mesh(num_devices)
-    state = parallel.replicate(translation.init_state(cfg) if state is None else state, mesh)
-    step_fn = translation.make_train_step(UNITConfig.from_mapping(cfg.model), groups=groups, **step_kwargs)
+    state = parallel.replicate(init_state(cfg) if state is None else state, mesh)
+    step_fn = make_train_step(UNITConfig.from_mapping(cfg.model), groups=groups, **step_kwargs)
     step = compiled_step(step_fn, state, batches[0], mesh)
-    history = []
+    states, history = [], []
     for b in batches:
         state, metrics, finite = step(state, b)
         assert bool(finite)
-        history.append(metrics)
-    return jax.device_get(parallel.to_host((state, history)))
+        states.append(jax.device_get(parallel.to_host(state)))
+        history.append(jax.device_get(parallel.to_host(metrics)))
+    return states, history
 
 
 def cli_flags(workdir, data_dir, num_steps=2, **config):

@@ -1,12 +1,14 @@
 """Train any method on any detector: initial state, two-domain data, the generic step, evaluation, run files.
 
 `train(config, source_builder, target_builder, workdir)` is what experiments/train_detector.py (the
-source-only method) and experiments/adapt_detector.py run. The config is an experiments/configs preset:
-`detector` + its block, `method`, `adaptation_losses` ('name:weight,...'; empty: the method's defaults),
-`adaptation_hparams` ({loss name: {hparam: value}}), `dataset` / `train_split` (labelled source),
-`target_dataset` (empty: `dataset`) / `target_split`, `ema_decay` (0: off; on, the EMA is what is
-evaluated), `strong_augment` (the strong view `image_strong` of the `domains` listed, and of the method's
-own `strong_views`), `init_run` (a finished detector run to start from) and `init_from` (a Keras backbone file).
+source-only method), experiments/adapt_detector.py and the Day2Night protocol run: everything a run trains
+with is resolved from the config inside it (`setup`), so it is this trainer's `from_config`. The config is an
+experiments/configs preset: `detector` + its block, `method`, `adaptation_losses` ('name:weight,...'; empty:
+the method's defaults), `adaptation_hparams` ({loss name: {hparam: value}}), `dataset` / `train_split`
+(labelled source), `target_dataset` (empty: `dataset`) / `target_split`, `ema_decay` (0: off; on, the EMA is
+what is evaluated), `strong_augment` (the strong view `image_strong` of the `domains` listed, and of the
+method's own `strong_views`), `init_run` (a finished detector run to start from) and `init_from` (a Keras
+backbone file).
 """
 from __future__ import annotations
 
