@@ -5,7 +5,7 @@
     python -m experiments.benchmark --detectors=ssd,faster_rcnn,yolo     # the families side by side
     python -m experiments.benchmark --detector=translated --config.translated.unit_run=<train_unit workdir>
 
-The measurements are adapt.evaluation.benchmark's (see there): on random images with planted boxes (no
+The measurements are adapt.benchmark's (see there): on random images with planted boxes (no
 dataset needed), the training step of the preset's method (`--method`) and the inference function that
 evaluation uses, timed whole and in its two parts (forward pass; decoding + per-class NMS), FLOPs per
 image against the machine's matmul peak measured in the same run, and peak memory (device memory_stats()
@@ -167,7 +167,7 @@ def main(argv):
     common.check_detector_family(config)
     common.set_backbone(config, FLAGS.backbone)
     common.check_method(config)
-    from adapt.evaluation import benchmark
+    from adapt import benchmark
     from adapt.evaluation.efficiency import frame_costs
     from adapt.training.config import image_size
     sizes = parse_sizes(FLAGS.frame_sizes, image_size(config))

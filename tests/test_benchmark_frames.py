@@ -2,7 +2,7 @@
 (adapt.evaluation.efficiency: the benchmark's and the Day2Night report's; the wrapped detector costs its
 translation plus its detection, and the fully convolutional translator's FLOPs grow with the pixels of the
 frame), frame-size parsing, and a trained run's post-processing against the plain path
-(adapt.evaluation.benchmark)."""
+(adapt.benchmark)."""
 import ml_collections
 import pytest
 
@@ -35,10 +35,10 @@ def test_frame_sizes_parse_and_reject_malformed_sizes():
 
 
 def test_trained_runs_post_processing_is_the_plain_paths_on_real_images(source_run):
-    """adapt.evaluation.benchmark.trained_run (the benchmark's --run): SSD's fast post-processing gives the
+    """adapt.benchmark.trained_run (the benchmark's --run): SSD's fast post-processing gives the
     plain path's detections (Detector.reference_postprocess) image for image, boxes bit for bit."""
     import tensorflow_datasets as tfds
-    from adapt.evaluation.benchmark import trained_run
+    from adapt.benchmark import trained_run
     from adapt.runs import load_run
     run = load_run(source_run[0], 'detector')
     builder = tfds.builder(run.config.dataset, data_dir=run.data_dir)

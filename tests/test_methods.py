@@ -144,6 +144,62 @@ def test_target_labels_do_not_reach_an_unsupervised_step():
     assert set(next(it)['target']) == {'image'}
 
 
+def _moved_objects(as_dataset):
+    """`as_dataset` whose examples carry other objects: reversed, moved into the top-left corner, relabelled."""
+    import tensorflow as tf
+
+    def perturbed(self, *args, **kwargs):
+        def move(example):
+            objects = example['objects']
+            bbox, label = objects['bbox'][::-1], objects['label'][::-1]
+            objects = {**objects, 'bbox': 0.25 * bbox, 'label': (label + 1) % tf.cast(6, label.dtype)}
+            return {**example, 'objects': objects}
+        return as_dataset(self, *args, **kwargs).map(move)
+    return perturbed
+
+
+def test_unsupervised_target_batches_are_blind_to_every_target_label(env, monkeypatch):
+    """Every box and label of the target split perturbed: the target batches of every method that does not
+    use target labels (its weak view, and its strong view where it has one) stay bit-identical, so its step
+    (a function of the batch) does too; the oracle's target labels and crops change (the perturbation reaches
+    what a labelled pipeline reads). The target pipeline is a function of the config and the method's strong views
+    (`data_iterator`), so one method of each kind of views is built."""
+    import tensorflow_datasets as tfds
+    from adapt.methods.base import METHODS
+    from adapt.methods.step import active_domains
+    from adapt.trainers.detection import data_iterator, strong_domains
+    builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])
+    config = tiny_config(dataset='daynight_synth/tiny', train_split='train_day', target_split='train_night',
+                         batch_size=4, max_boxes=8)
+    config.augment.update(crop_min_ious=(0.0,), crop_scale=(0.3, 0.6))  # a box-driven crop: a window holding a box
+
+    def target_batch(method):
+        c = config.copy_and_resolve_references()
+        c.method = method
+        it = data_iterator(c, setup(c, 6), builder, builder)
+        try:
+            return next(it)['target']
+        finally:
+            it.close()
+
+    unsupervised = [name for name in METHODS.names() if not (get_method(name).uses_target_labels or
+                                                             get_method(name).own_target_labels)]
+    reading_target = [name for name in unsupervised if 'target' in active_domains(resolve_terms(get_method(name)))]
+    assert {'dann', 'mmd', 'coral', 'entropy', 'mean_teacher'} <= set(reading_target)
+    kinds = {strong_domains(config, get_method(name)): name for name in reading_target}
+    assert len(kinds) == 2  # the target with a strong view (mean_teacher) and without
+    methods = [*kinds.values(), 'oracle']
+    clean = {m: target_batch(m) for m in methods}
+    monkeypatch.setattr(tfds.core.DatasetBuilder, 'as_dataset', _moved_objects(tfds.core.DatasetBuilder.as_dataset))
+    moved = {m: target_batch(m) for m in methods}
+    for m in kinds.values():
+        assert set(clean[m]) <= {'image', 'image_strong'}, m
+        jax.tree.map(np.testing.assert_array_equal, clean[m], moved[m])
+    assert any('image_strong' in clean[m] for m in kinds.values())
+    assert not np.array_equal(clean['oracle']['labels'], moved['oracle']['labels'])
+    assert not np.array_equal(clean['oracle']['image'], moved['oracle']['image'])  # its crop read the boxes
+
+
 def _ctx(detector=None, source_features=None, target_features=None, progress=0.0):
     from adapt.methods.base import StepContext
     return StepContext(detector, source_features=source_features, target_features=target_features,

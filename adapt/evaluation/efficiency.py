@@ -1,6 +1,6 @@
 """What a model costs: seconds per call, XLA's FLOP count, the machine's peaks, per-frame inference cost
 (deployment, where frames come one at a time) and the parts of an evaluation stage. Shared by the
-benchmarks (adapt.evaluation.benchmark, experiments/bench_unit.py) and the Day2Night report."""
+benchmarks (adapt.benchmark, experiments/bench_unit.py) and the Day2Night report."""
 import time
 
 import numpy as np

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from adapt.boxes import pairwise_iou
 from adapt.datasets.pipeline import DetectionPipeline
-from adapt.methods.base import Method, register_method
+from adapt.methods.base import Method, TrainData, register_method
 from adapt.models.inference import make_predict_fn, predict_split
 from adapt.training import Checkpointer, replicate
 from adapt.training.config import image_size
@@ -140,11 +140,9 @@ def _round_labels(run, template, r: int, say):
 def fit(run):
     """Rounds of (predict the target split, keep the confident detections, train steps_per_round steps on
     source + pseudo-labelled target), each continuing from the previous one; resumes inside any round."""
-    from adapt.methods.base import TrainData
-    from adapt.trainers.detection import data_iterator, init_state, whole_split
     config, hp = run.config, run.config.pseudo_label
     check_rounds(config)
-    state = init_state(config, run.setup)
+    state = run.initial_state()
     say = run.loop_config.print_fn or (lambda line: None)
     done = Checkpointer(os.path.join(run.workdir, 'checkpoints'), read_only=True)
     try:
@@ -157,9 +155,7 @@ def fit(run):
             continue
         labels = _round_labels(run, state, r, say)
         target = pseudo_labelled_split(run.target_builder, config.target_split, labels)
-        data = data_iterator(config, run.setup, run.source_builder, run.target_builder,
-                             {'source': whole_split(run.source_builder, config.train_split),
-                              'target': TrainData(target, None, len(labels['index']))})
+        data = run.data({'source': run.train_data['source'], 'target': TrainData(target, None, len(labels['index']))})
         try:
             state = run.loop(state, data, end, evaluate=end == config.num_steps)  # no selection between rounds
         finally:

@@ -68,9 +68,8 @@ def fit_untrained(run, update=None):
     when given), saved as the step-0 checkpoint; a saved one is reused (the same command resumes)."""
     import os
 
-    from adapt.trainers.detection import init_state
     from adapt.training.checkpoint import Checkpointer
-    state = init_state(run.config, run.setup)
+    state = run.initial_state()
     ckpt = Checkpointer(os.path.join(run.workdir, 'checkpoints'), run.loop_config.keep)
     try:
         restored = ckpt.restore(state)

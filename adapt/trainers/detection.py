@@ -149,12 +149,13 @@ def init_state(config, s: Setup) -> TrainState:
                              rng=config.seed, batch_stats=variables['batch_stats'], aux=aux)
 
 
-def train_pipeline(config, builder, split, seed, strong=False):
-    """Training batches of one domain; with `strong`, each also carries its strong view `image_strong`."""
+def train_pipeline(config, builder, split, seed, strong=False, labelled=True):
+    """Training batches of one domain; with `strong`, each also carries its strong view `image_strong`;
+    not `labelled`, its boxes and labels are never read (box-free crop: the batches depend on the images alone)."""
     return DetectionPipeline(builder, split=split, global_batch_size=config.batch_size,
                              image_size=image_size(config), max_boxes=config.max_boxes, train=True, seed=seed,
                              augment=AugmentConfig(**config.augment),
-                             strong_augment=strong_augment(config) if strong else None)
+                             strong_augment=strong_augment(config) if strong else None, labelled=labelled)
 
 
 def whole_split(builder, split) -> TrainData:
@@ -177,10 +178,10 @@ def train_data(config, s: Setup, source_builder, target_builder) -> dict:
 
 def data_iterator(config, s: Setup, source_builder, target_builder, data=None) -> ZipIterator:
     """Batches of the domains the method reads, `batch_size` each, with the same augmentation (and strong
-    views where `s.strong` says); the target keeps its labels only for a method that declares it uses them,
-    or for a method with its own target labels, whose target `data` are the examples it made (never a TFDS
-    split, which would carry the true labels: such a method must pass them). `data`: `train_data`
-    (computed when not given)."""
+    views where `s.strong` says); the target's labels are read (and kept) only for a method that declares
+    it uses them, or for a method with its own target labels, whose target `data` are the examples it made
+    (never a TFDS split, which would carry the true labels: such a method must pass them). `data`:
+    `train_data` (computed when not given)."""
     if s.method.own_target_labels and 'target' in s.domains and (not data or data['target'].split is not None):
         # a TFDS split here would carry the true target labels into the step
         raise ValueError(f'method {s.method.name!r} makes its own target labels: pass the target data it made')
@@ -192,9 +193,9 @@ def data_iterator(config, s: Setup, source_builder, target_builder, data=None) -
                                              'source' in s.strong)
         fields['source'] = TRAIN_FIELDS + strong('source')
     if 'target' in s.domains:
-        pipelines['target'] = train_pipeline(config, data['target'].examples, data['target'].split, config.seed + 1,
-                                             'target' in s.strong)
         labelled = s.method.uses_target_labels or s.method.own_target_labels
+        pipelines['target'] = train_pipeline(config, data['target'].examples, data['target'].split, config.seed + 1,
+                                             'target' in s.strong, labelled)
         fields['target'] = (TRAIN_FIELDS if labelled else ('image',)) + strong('target')
     return ZipIterator(pipelines, fields)
 
@@ -243,8 +244,14 @@ class TrainRun:
     on_step: Any = None
     train_data: dict | None = None    # `train_data` of the run (computed when not given)
 
-    def data(self) -> ZipIterator:
-        return data_iterator(self.config, self.setup, self.source_builder, self.target_builder, self.train_data)
+    def initial_state(self):
+        """The state before the first step: init_run's (or fresh) weights, the method's aux state."""
+        return init_state(self.config, self.setup)
+
+    def data(self, train_data: dict | None = None) -> ZipIterator:
+        """Batches of `train_data` ({domain: TrainData}; the run's own when None), see `data_iterator`."""
+        return data_iterator(self.config, self.setup, self.source_builder, self.target_builder,
+                             train_data or self.train_data)
 
     def loop(self, state, data, until_step: int, evaluate: bool = True):
         """train_loop up to `until_step` (resuming from the workdir's checkpoint); with `evaluate`, evaluates
@@ -260,7 +267,7 @@ def fit(run: TrainRun):
     """The default schedule: one loop of `num_steps` over the method's data."""
     data = run.data()
     try:
-        return run.loop(init_state(run.config, run.setup), data, run.config.num_steps)
+        return run.loop(run.initial_state(), data, run.config.num_steps)
     finally:
         data.close()
 
