@@ -3,13 +3,15 @@ parameter and changes no computation leaves every hash as it was.
 
     python -m benchmarks.lowered_hlo                      # one line per (family, program): sha256 of its HLO
     python -m benchmarks.lowered_hlo --families=ssd,yolo
+    python -m benchmarks.lowered_hlo --families=           # the UNIT steps alone
 
 Per family (ssd, retinanet, yolo, faster_rcnn on ssd_quick's settings, the data-derived priors and anchor
 sizes fixed here) the data-parallel train step of each method (as experiments/benchmark.py times it:
 `data_parallel(setup(config, n).step(config), mesh)`) and `make_predict_fn` on the same mesh are lowered, not
 compiled, on a tiny batch; the text carries no source locations (`as_text()` drops them), so a moved line of
 Python does not change a hash. 'params' hashes every variable's path, shape and dtype (what checkpoints on disk
-are keyed by).
+are keyed by). Then the UNIT train step of unit_quick (`adapt.trainers.unit.Trainer.step`): plain, with the
+feature loss (a random frozen backbone) and detection-aware (a random ssd_quick judge, crop 64).
 """
 import hashlib
 import os
@@ -52,7 +54,7 @@ def variable_paths(variables):
 
 def lowered(family, method, mesh):
     """(train step HLO, predict HLO, variable paths) of one family and method."""
-    from experiments.benchmark import random_batch
+    from adapt.benchmark import random_batch
     from adapt.trainers.detection import init_state, setup
     from adapt.models.inference import make_predict_fn
     from adapt.training import data_parallel, replicate, shard_batch
@@ -70,12 +72,46 @@ def lowered(family, method, mesh):
     return train, predict, variable_paths(variables)
 
 
+def unit_lowered(variant, mesh):
+    """The HLO of the UNIT step of unit_quick in `variant` ('plain', 'feature', 'detection_aware')."""
+    import jax
+    import numpy as np
+    from adapt.models.frozen_features import random_features
+    from adapt.run_models import build_detector
+    from adapt.trainers import unit
+    from adapt.trainers.unit_judge import FrozenDetector
+    from adapt.training import data_parallel, replicate, shard_batch
+    from experiments.configs import ssd_quick, unit_quick
+    config, kwargs = unit_quick.get_config(), {}
+    if variant == 'feature':
+        config.loss.weights.feature = 0.5
+        kwargs['features'] = random_features('resnet18', 0.125, levels=('C2', 'C3'), seed=0,
+                                             backbone_kwargs={'stage_sizes': (1, 1, 1, 1)})
+    elif variant == 'detection_aware':
+        detector = build_detector(ssd_quick.get_config(), NUM_CLASSES)
+        variables = jax.device_get(detector.init(jax.random.key(0, impl='rbg')))
+        kwargs['detector'] = FrozenDetector(detector, variables, 'random')
+        config.image_size = tuple(detector.image_size)[0]
+        config.update(crop_size=64)
+        config.loss.weights.update(semantic=1000.0, labelled_cycle=1.0)
+    rng = np.random.default_rng(0)
+    a = rng.random((config.batch_size, config.image_size, config.image_size, 3), np.float32)
+    batch = {'a': a, 'b': rng.random(a.shape, np.float32)}
+    if variant == 'detection_aware':
+        m = config.max_boxes
+        batch['a'] = {'image': a, 'labels': np.zeros((len(a), m), np.int32), 'mask': np.ones((len(a), m), np.float32),
+                      'boxes': np.tile(np.array([0.1, 0.1, 0.5, 0.5], np.float32), (len(a), m, 1))}
+    state = replicate(unit.init_state(config), mesh)
+    step = data_parallel(unit.Trainer(config, **kwargs).step(), mesh, donate=False)
+    return step.lower(state, shard_batch(batch, mesh)).as_text()
+
+
 def main(argv):
     from adapt.training import make_mesh
     families = FAMILIES
     for arg in argv[1:]:
         if arg.startswith('--families='):
-            families = tuple(arg.split('=', 1)[1].split(','))
+            families = tuple(f for f in arg.split('=', 1)[1].split(',') if f)
     mesh = make_mesh()
     for family in families:
         predicts, paths = set(), set()
@@ -88,6 +124,8 @@ def main(argv):
             print(f'{family:12} {"-":13} predict {h}', flush=True)
         for h in sorted(paths):
             print(f'{family:12} {"-":13} params  {h}', flush=True)
+    for variant in ('plain', 'feature', 'detection_aware'):
+        print(f'{"unit":12} {variant:15} train {digest(unit_lowered(variant, make_mesh(1)))}', flush=True)
 
 
 if __name__ == '__main__':
