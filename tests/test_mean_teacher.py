@@ -216,6 +216,7 @@ def test_stopped_and_resumed_run_has_a_bit_identical_student_and_teacher(tmp_pat
     metrics = json.load(open(tmp_path / 'whole' / 'metrics.json'))
     assert metrics['method'] == 'mean_teacher' and metrics['evaluated'] == 'student,teacher'
     assert {'student/validation_day', 'teacher/validation_day'} == set(metrics['splits'])
+    assert {'pseudo_boxes_per_image', 'pseudo_precision', 'pseudo_recall'} <= set(metrics['splits']['teacher/validation_day'])
     log = [json.loads(line) for line in open(tmp_path / 'whole' / 'metrics.jsonl')]
     boxes = [row['mean_teacher/pseudo_boxes_per_image'] for row in log if row['split'] == 'train']
     assert boxes and all(np.isfinite(boxes)) and max(boxes) > 0  # the teacher's detections supervised the student

@@ -3,8 +3,8 @@ against planted ground truth by hand, and the relabelled split carries exactly t
 import numpy as np
 import pytest
 
-from adapt.methods.pseudo_label import (load_labels, pseudo_label_quality, pseudo_labelled_split, save_labels,
-                                        select_pseudo_labels)
+from adapt.evaluation.pseudo_labels import pseudo_label_metrics, pseudo_label_quality, select_pseudo_labels
+from adapt.methods.pseudo_label import load_labels, pseudo_labelled_split, save_labels
 
 
 def _pred():
@@ -42,6 +42,9 @@ def test_quality_against_the_true_labels_by_hand():
     # kept: image 0 -> det 0 (correct), det 1 (wrong place); image 1 -> det 0 (correct), det 1 (IoU
     # 0.2*0.175/(0.04+0.04-0.035) = 0.78, correct), det 3 (no true box) => 3 of 5 correct, 3 of 4 found
     assert quality == {'num_boxes': 5, 'precision': pytest.approx(3 / 5), 'recall': pytest.approx(3 / 4)}
+    # what an evaluation of a self-training run logs: the same, per image
+    assert pseudo_label_metrics(pred, 0.5) == {'pseudo_boxes_per_image': 2.5, 'pseudo_precision': pytest.approx(3 / 5),
+                                               'pseudo_recall': pytest.approx(3 / 4)}
 
 
 def test_relabelled_split_carries_exactly_the_kept_boxes(env, tmp_path):
@@ -110,3 +113,7 @@ def test_rounds_train_on_the_stored_labels_and_resume_inside_a_round(env, tmp_pa
     logged = [row for row in logged if row['split'] == 'pseudo_labels']
     assert [row['step'] for row in logged] == [0, 2]
     assert [row['num_boxes'] for row in logged] == [int(labels['mask'].sum()) for labels, _ in rounds]
+    assert not any('precision' in row or 'recall' in row for row in logged)  # no training label was read
+    final = json.load(open(tmp_path / 'whole' / 'metrics.json'))['splits']['validation_day']
+    assert 0 <= final['pseudo_precision'] <= 1 and 0 <= final['pseudo_recall'] <= 1
+    assert final['pseudo_boxes_per_image'] > 0  # threshold 0 keeps every detection

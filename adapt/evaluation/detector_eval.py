@@ -4,7 +4,9 @@
 parallel over a mesh) and serves both training (as `train_loop`'s eval_fn / image_fn) and
 experiments/evaluate_detector.py. `variables_fn(state)` says which weights are evaluated (the EMA when a
 run keeps one); a dict {model name: variables_fn} evaluates several (a student and its teacher), and each
-result is then labelled '<model>/<split>' (metric names, metrics.json, file names, drawn images).
+result is then labelled '<model>/<split>' (metric names, metrics.json, file names, drawn images). With a
+`pseudo_threshold` (a self-training run), each result also carries the pseudo-labels its detections would
+make (`adapt.evaluation.pseudo_labels`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from adapt.datasets.pipeline import DetectionPipeline
 from adapt.evaluation.cocojson import write_json
+from adapt.evaluation.pseudo_labels import METRICS as PSEUDO_METRICS, pseudo_label_metrics
 from adapt.models.inference import detection_metrics, draw_detections, make_predict_fn, predict_split
 from adapt.training.config import image_size
 from adapt.training.parallel import make_mesh
@@ -57,8 +60,10 @@ class Evaluator:
     `splits` maps a split name to its TFDS builder (source and target splits may come from different
     datasets); a list of names uses `builder` for all."""
 
-    def __init__(self, config, builder, detector, splits, mesh=None, variables_fn=state_variables):
+    def __init__(self, config, builder, detector, splits, mesh=None, variables_fn=state_variables,
+                 pseudo_threshold=None):
         self.config = config
+        self.pseudo_threshold = pseudo_threshold
         self.splits = dict(splits) if isinstance(splits, dict) else {s: builder for s in splits}
         self.names = class_names(next(iter(self.splits.values())))
         self.mesh = mesh or make_mesh()
@@ -77,10 +82,13 @@ class Evaluator:
         pipeline = eval_pipeline(self.config, self.splits[split], split)
         pred = predict_split(self.predict[split], variables, pipeline, self.mesh, keep_images)
         metrics, _, gt, results = detection_metrics(pred, self.names)
+        if self.pseudo_threshold is not None:
+            metrics = {**metrics, **pseudo_label_metrics(pred, self.pseudo_threshold)}
         return metrics, pred, gt, results
 
     def __call__(self, state, step):
-        """train_loop's eval_fn: {'<label>/<metric>': value} for AP, AP50, AP75 and VOC mAP."""
+        """train_loop's eval_fn: {'<label>/<metric>': value} for AP, AP50, AP75, VOC mAP and the pseudo-label
+        metrics when measured."""
         if self.step != step:
             self.results = {}
             for prefix, variables_fn in self.models.items():
@@ -89,7 +97,7 @@ class Evaluator:
                                      for s in self.splits})
             self.step = step
         return {f'{s}/{k}': v for s, (m, *_) in self.results.items() for k, v in m.items()
-                if k in SUMMARY_KEYS and math.isfinite(v)}
+                if k in SUMMARY_KEYS + PSEUDO_METRICS and math.isfinite(v)}
 
     def images(self, state, step):
         """train_loop's image_fn: detections drawn on the first images of each split."""

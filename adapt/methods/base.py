@@ -37,6 +37,9 @@
     'shared_latent.unit_run' for the shared_latent detector's encoders); '' = none. The protocol points it
     at its own UNIT stage's run.
   trains_detector: False for a method that takes no optimizer step (it changes or wraps init_run's detector).
+  pseudo_threshold(config) -> float: a self-training method's score threshold for a pseudo-label; every
+    evaluation then logs the pseudo-labels it would make on each evaluation split (per image, precision,
+    recall: adapt.evaluation.pseudo_labels); None = not a self-training method.
 """
 from __future__ import annotations
 
@@ -75,6 +78,7 @@ class Method:
     prepare: Callable | None = None
     unit_run_setting: str = ''
     trains_detector: bool = True
+    pseudo_threshold: Callable | None = None
 
     @property
     def uses_target_labels(self) -> bool:

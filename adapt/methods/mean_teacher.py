@@ -75,4 +75,4 @@ MEAN_TEACHER = register_method(Method(
     'mean_teacher', 'labelled source + an EMA teacher\'s confident detections on weak target views supervising '
     'the student on strong views', losses='mean_teacher:1.0', init_aux=init_teacher,
     after_update=functools.partial(update_teacher, decay=DECAY), teacher=teacher, configure=configure,
-    strong_views=('target',), evaluate_teacher=True))
+    strong_views=('target',), evaluate_teacher=True, pseudo_threshold=lambda config: config.mean_teacher.threshold))

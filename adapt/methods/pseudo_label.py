@@ -4,8 +4,9 @@ Each round, the current model predicts the whole unlabelled target training spli
 above `threshold` become that split's labels, and training continues from the previous round for
 `steps_per_round` steps on source plus pseudo-labelled target. The labels of each round are stored in the
 workdir (`pseudo_labels/round_<r>.npz`), so an interrupted round resumes on exactly the same labels.
-Precision and recall of the pseudo-boxes against the true target labels are logged per round, only for
-the log: the true labels never reach training.
+The target training split is read without its labels (an unlabelled pipeline): a round logs how many
+pseudo-boxes it keeps; their precision and recall are measured on the evaluation splits at every
+evaluation (`adapt.evaluation.pseudo_labels`, `Method.pseudo_threshold`), never on the training labels.
 """
 from __future__ import annotations
 
@@ -16,42 +17,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from adapt.boxes import pairwise_iou
 from adapt.datasets.pipeline import DetectionPipeline
+from adapt.evaluation.pseudo_labels import select_pseudo_labels
 from adapt.methods.base import Method, TrainData, register_method
 from adapt.models.inference import make_predict_fn, predict_split
 from adapt.training import Checkpointer, replicate
 from adapt.training.config import image_size
 from adapt.training.metrics_log import MetricsWriter
-
-
-def select_pseudo_labels(pred: dict, threshold: float) -> dict:
-    """The detections of `predict_split` output at or above `threshold` (the rule of
-    `mean_teacher.pseudo_labels`, on the host): {'index' [N], 'boxes' [N, D, 4] (normalised yxyx in the
-    original image), 'labels' [N, D] (-1 where not kept), 'mask' [N, D]}."""
-    keep = pred['det_mask'] & (pred['scores'] >= threshold)
-    return {'index': np.asarray(pred['index'], np.int64),
-            'boxes': np.where(keep[..., None], pred['boxes'], 0.0).astype(np.float32),
-            'labels': np.where(keep, pred['classes'], -1).astype(np.int64), 'mask': keep}
-
-
-def pseudo_label_quality(labels: dict, pred: dict, iou_threshold: float = 0.5) -> dict:
-    """Number of pseudo-boxes, and their precision and recall against the true labels in `pred`
-    (a pseudo-box is correct when it takes an unmatched true box of its class at IoU >= iou_threshold,
-    in score order, as VOC matches detections)."""
-    correct = 0
-    for boxes, classes, mask, gt, gt_labels, gt_mask in zip(labels['boxes'], labels['labels'], labels['mask'],
-                                                             pred['gt_boxes'], pred['gt_labels'], pred['gt_mask']):
-        gt, gt_labels = gt[gt_mask], gt_labels[gt_mask]
-        taken = np.zeros(len(gt), bool)
-        iou = np.asarray(pairwise_iou(boxes[mask], gt)) if len(gt) else np.zeros((int(mask.sum()), 0))
-        for row, label in enumerate(classes[mask]):
-            candidates = np.where((gt_labels == label) & ~taken, iou[row], -1.0)
-            if candidates.size and candidates.max() >= iou_threshold:
-                taken[np.argmax(candidates)] = True
-                correct += 1
-    num_boxes, num_true = int(labels['mask'].sum()), int(pred['gt_mask'].sum())
-    return {'num_boxes': num_boxes, 'precision': correct / max(num_boxes, 1), 'recall': correct / max(num_true, 1)}
 
 
 def pseudo_labelled_split(builder, split: str, labels: dict) -> tf.data.Dataset:
@@ -95,11 +67,12 @@ def check_rounds(config) -> None:
 
 
 def _predict_target(run, variables):
-    """`predict_split` of the whole target training split (unaugmented) with `variables`."""
+    """`predict_split` of the whole target training split (unaugmented, its labels never read) with
+    `variables`."""
     config = run.config
     pipeline = DetectionPipeline(run.target_builder, split=config.target_split, train=False,
                                  global_batch_size=config.eval_batch_size, image_size=image_size(config),
-                                 max_boxes=config.max_boxes)
+                                 max_boxes=config.max_boxes, labelled=False)
     predict = make_predict_fn(run.setup.detector.for_input('target'), run.mesh)
     return predict_split(predict, variables, pipeline, run.mesh)
 
@@ -124,16 +97,15 @@ def _round_labels(run, template, r: int, say):
     state = _state_at(run, template, r * hp.steps_per_round)
     pred = _predict_target(run, run.evaluator.variables_fn(state))
     labels = select_pseudo_labels(pred, hp.threshold)
-    quality = pseudo_label_quality(labels, pred)
+    count = int(labels['mask'].sum())
+    quality = {'num_boxes': count, 'boxes_per_image': count / max(len(labels['index']), 1)}
     save_labels(path, labels, quality)
     writer = MetricsWriter(run.workdir, tensorboard=run.config.tensorboard)
     try:
         writer.scalars(r * hp.steps_per_round, quality, 'pseudo_labels')
     finally:
         writer.close()
-    say(f'pseudo-label round {r}: {quality["num_boxes"]} boxes on {len(labels["index"])} target images at score '
-        f'>= {hp.threshold} (against the true labels, for the log only: precision {quality["precision"]:.3f}, '
-        f'recall {quality["recall"]:.3f})')
+    say(f'pseudo-label round {r}: {count} boxes on {len(labels["index"])} target images at score >= {hp.threshold}')
     return labels
 
 
@@ -170,4 +142,5 @@ def configure(config) -> Method:
 
 PSEUDO_LABEL = register_method(Method(
     'pseudo_label', 'labelled source + the model\'s own confident target detections, retrained in rounds',
-    supervised=('source', 'target'), own_target_labels=True, fit=fit, configure=configure))
+    supervised=('source', 'target'), own_target_labels=True, fit=fit, configure=configure,
+    pseudo_threshold=lambda config: config.pseudo_label.threshold))

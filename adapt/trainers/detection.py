@@ -296,7 +296,8 @@ def train(config, source_builder, target_builder=None, workdir='', *, data_dir=N
     record = write_run(workdir, 'detector', config, **run_record(config, s, source_builder, data_dir, data))
     mesh = make_mesh()
     evaluator = Evaluator(config, None, s.detector, eval_splits(config, source_builder, target_builder), mesh,
-                          variables_fn=evaluated_models(config, s.method))
+                          variables_fn=evaluated_models(config, s.method),
+                          pseudo_threshold=s.method.pseudo_threshold(config) if s.method.pseudo_threshold else None)
     run = TrainRun(config, s, source_builder, target_builder, workdir, mesh, evaluator,
                    loop_config(config, print_fn), on_step, data)
     state = (s.method.fit or fit)(run)
