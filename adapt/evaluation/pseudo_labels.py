@@ -28,15 +28,15 @@ def select_pseudo_labels(pred: dict, threshold: float) -> dict:
 def pseudo_label_quality(labels: dict, pred: dict, iou_threshold: float = 0.5) -> dict:
     """Number of pseudo-boxes, and their precision and recall against the true boxes in `pred` (a pseudo-box
     is correct when it takes an unmatched true box of its class at IoU >= iou_threshold, in the given order,
-    as VOC matches detections)."""
+    as VOC matches detections). The IoUs of all images come from one call on the padded arrays (one
+    shape: an evaluation split's images do not compile one program each)."""
+    ious = np.asarray(pairwise_iou(labels['boxes'], pred['gt_boxes']))  # [N, D, M]
     correct = 0
-    for boxes, classes, mask, gt, gt_labels, gt_mask in zip(labels['boxes'], labels['labels'], labels['mask'],
-                                                             pred['gt_boxes'], pred['gt_labels'], pred['gt_mask']):
-        gt, gt_labels = gt[gt_mask], gt_labels[gt_mask]
-        taken = np.zeros(len(gt), bool)
-        iou = np.asarray(pairwise_iou(boxes[mask], gt)) if len(gt) else np.zeros((int(mask.sum()), 0))
-        for row, label in enumerate(classes[mask]):
-            candidates = np.where((gt_labels == label) & ~taken, iou[row], -1.0)
+    for iou, classes, mask, gt_labels, gt_mask in zip(ious, labels['labels'], labels['mask'], pred['gt_labels'],
+                                                       pred['gt_mask']):
+        taken = ~np.asarray(gt_mask, bool)  # padding is never matched
+        for row in np.flatnonzero(mask):
+            candidates = np.where((gt_labels == classes[row]) & ~taken, iou[row], -1.0)
             if candidates.size and candidates.max() >= iou_threshold:
                 taken[np.argmax(candidates)] = True
                 correct += 1
