@@ -1,11 +1,20 @@
 """One generic per-device train step for any method (run by `adapt.training.data_parallel`).
 
 The state's params are {'detector': ..., 'adaptation': {term: params}} and its aux state
-{'ema': variables (when on), 'method': the method's own}. Source and target go through separate
-forward passes, computed only when an active term (weight != 0) reads that domain; BatchNorm statistics
-are updated from the source pass (from the target pass when the method reads no source), a documented
-choice: domain-specific statistics would be a method of their own. Terms of weight 0 are not computed, so
-a method with every adaptation weight 0 takes exactly the source-only step.
+{'ema': variables (when on), 'method': the method's own}. A domain is passed through the trained model only
+when an active term (weight != 0) reads it. Terms of weight 0 are not computed, so a method with every
+adaptation weight 0 takes exactly the source-only step.
+
+BatchNorm policy (`bn_policy`, one per run, the same for every method so that every row trains the regime
+it is evaluated in):
+  source: separate passes; batch statistics normalise each domain's batch, the running statistics follow
+    the source pass (the target pass when the method reads no source). Evaluation and a teacher then use
+    day statistics on night images that training normalised with night ones.
+  frozen: the running statistics normalise every pass and are never updated (Detectron2's FrozenBN; scale
+    and offset still train): training normalises exactly as evaluation does. The model is built with
+    `frozen_bn` (adapt.trainers.detection).
+  joint: source and target in one concatenated pass, normalised and tracked with the mixed batch's
+    statistics.
 
 Views: a domain's batch may carry a strong view `image_strong` (strong augmentation of the same crop);
 the trained model then sees it, and a teacher sees the weak view `image`. Freezing: parameters matching a
@@ -18,11 +27,22 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from adapt.methods.base import DOMAINS, StepContext
 from adapt.training.optim import param_path
 from adapt.training.parallel import AXIS, mean_value_and_grad
+
+
+BN_POLICIES = ('source', 'frozen', 'joint')
+
+
+def check_bn_policy(policy: str) -> str:
+    """`policy`, or ValueError (one line) listing the valid choices."""
+    if policy not in BN_POLICIES:
+        raise ValueError(f'bn_policy {policy!r}; valid choices: {", ".join(BN_POLICIES)}')
+    return policy
 
 
 def active_domains(terms) -> tuple:
@@ -49,8 +69,42 @@ def view(batch, strong):
 
 
 def ground_truth(batch):
-    """The labelled part {'boxes', 'labels', 'mask'} of a domain's batch, None for an unlabelled one."""
-    return {k: batch[k] for k in ('boxes', 'labels', 'mask')} if 'boxes' in batch else None
+    """The objects {'boxes', 'labels', 'mask'} of a domain's batch (its rows of a class: a pseudo-labelled
+    batch's ignore rows are not objects), None for an unlabelled one."""
+    if 'boxes' not in batch:
+        return None
+    return {'boxes': batch['boxes'], 'labels': batch['labels'], 'mask': batch['mask'] & (batch['labels'] >= 0)}
+
+
+def joint_ground_truth(batches):
+    """The objects of several batches concatenated along the batch (an unlabelled one: rows of no object);
+    None when none is labelled."""
+    truths = [ground_truth(b) for b in batches]
+    like = next((t for t in truths if t is not None), None)
+    if like is None:
+        return None
+    empty = lambda b: {k: jnp.zeros((b['image'].shape[0], *v.shape[1:]), v.dtype) for k, v in like.items()}  # noqa: E731
+    truths = [t if t is not None else empty(b) for t, b in zip(truths, batches)]
+    return {k: jnp.concatenate([t[k] for t in truths]) for k in like}
+
+
+def forward_passes(detector, variables, batch, domains, joint):
+    """{domain: (outputs, features)} of the trained model in training mode (strong views) and its new
+    BatchNorm statistics: those of the first domain's pass, or of the one concatenated pass when `joint`."""
+    if joint:
+        images = [view(batch[d], True) for d in domains]
+        outputs, features, stats = detector.apply(variables, jnp.concatenate(images), train=True,
+                                                  labels=joint_ground_truth([batch[d] for d in domains]))
+        bounds = np.cumsum([0] + [x.shape[0] for x in images])
+        part = lambda tree, i: jax.tree.map(lambda x: x[bounds[i]:bounds[i + 1]], tree)  # noqa: E731
+        return {d: (part(outputs, i), part(features, i)) for i, d in enumerate(domains)}, stats
+    passes, first = {}, None
+    for domain in domains:
+        outputs, features, stats = detector.for_input(domain).apply(
+            variables, view(batch[domain], True), train=True, labels=ground_truth(batch[domain]))
+        passes[domain] = (outputs, features)
+        first = stats if first is None else first
+    return passes, first
 
 
 def ema_update(ema, variables, decay):
@@ -59,14 +113,19 @@ def ema_update(ema, variables, decay):
 
 
 def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, axis_name: str = AXIS,
-              frozen=()):
+              frozen=(), bn_policy: str = 'source'):
     """`step(state, batch, key) -> (state, metrics)`; batch {'source': ..., 'target': ...} (domains the
     method does not read may be absent). Metrics: 'loss' (the weighted total), every term's (unweighted)
-    value under its name and its own metrics under '<name>/'."""
+    value under its name and its own metrics under '<name>/'. `bn_policy` 'frozen' expects a detector built
+    with frozen BatchNorm (the step itself passes as under 'source')."""
     active = [t for t in terms if t.weight != 0]
     domains = active_domains(terms)
     if not domains:
         raise ValueError(f'method {method.name!r}: no active loss term')
+    joint = check_bn_policy(bn_policy) == 'joint' and len(domains) > 1
+    if joint and len({id(detector.for_input(d)) for d in domains}) > 1:
+        raise ValueError(f'bn_policy joint: {detector.name} routes the domains through different layers; '
+                         f'use source or frozen')
 
     def step(state, batch, key):
         if method.transform_batch is not None:
@@ -78,16 +137,13 @@ def make_step(detector, method, terms, num_steps: int, ema_decay: float = 0.0, a
             variables = {'params': params['detector'], 'batch_stats': state.batch_stats}
             ctx = StepContext(detector, source=batch.get('source'), target=batch.get('target'), progress=progress,
                               key=key, aux=state.aux.get('method'), axis_name=axis_name)
-            new_stats = None
-            for domain in domains:
-                routed = detector.for_input(domain)
-                outputs, features, stats = routed.apply(variables, view(batch[domain], True), train=True,
-                                                        labels=ground_truth(batch[domain]))
+            passes, new_stats = forward_passes(detector, variables, batch, domains, joint)
+            for domain, (outputs, features) in passes.items():
                 setattr(ctx, f'{domain}_outputs', outputs)
                 setattr(ctx, f'{domain}_features', features)
-                new_stats = stats if new_stats is None else new_stats  # the first pass: source if read
                 if teacher_vars is not None:
-                    t_out, t_feat, _ = routed.apply(lax.stop_gradient(teacher_vars), view(batch[domain], False))
+                    t_out, t_feat, _ = detector.for_input(domain).apply(lax.stop_gradient(teacher_vars),
+                                                                        view(batch[domain], False))
                     ctx.teacher_outputs[domain], ctx.teacher_features[domain] = t_out, t_feat
             total, metrics = 0.0, {}
             for term in active:

@@ -110,6 +110,15 @@ def with_box_settings(config, boxes, origin: str, print_fn=print):
     return _filled(config, {k: derived[k] for k in missing})
 
 
+def with_frozen_bn(config):
+    """`config` (a copy) with its family's BatchNorm frozen (`model.frozen_bn`: running statistics in every
+    pass, never updated); ValueError (one line) for a family without that setting."""
+    family = settings_family(config)
+    if 'frozen_bn' not in config[family].get('model', {}):
+        raise ValueError(f'{family} has no model.frozen_bn setting: bn_policy frozen needs one')
+    return _filled(config, {'frozen_bn': True})
+
+
 def _filled(config, values: dict):
     config = config.copy_and_resolve_references()
     with config.unlocked():

@@ -70,8 +70,8 @@ def training_config(config, *, source: Domain, target: Domain, num_steps: int, s
 
 def method_config(config, method: str, seed: int, burn_in: str, unit: str):
     """One method continued from the burn-in run `burn_in` (`unit`: the translator run of the methods that
-    read one); every method gets the same `adapt` schedule (steps, batch, lr, warm-up, EMA), validated on
-    the target at its middle and its end (for the oracle-selected column alone)."""
+    read one); every method gets the same `adapt` schedule (steps, batch, lr, warm-up, EMA, BatchNorm
+    policy), validated on the target at its middle and its end (for the oracle-selected column alone)."""
     d = domains(config)
     a = config.adapt
     c = training_config(config, source=d[config.source], target=d[config.target], num_steps=a.num_steps, seed=seed)
@@ -83,6 +83,7 @@ def method_config(config, method: str, seed: int, burn_in: str, unit: str):
     c.lr = a.lr
     c.optimizer.warmup_steps = a.warmup_steps
     c.ema_decay = a.ema_decay
+    c.bn_policy = a.bn_policy
     c.eval_every = c.checkpoint_every = max(a.num_steps // 2, 1)
     c.keep = 2
     c.init_run = burn_in

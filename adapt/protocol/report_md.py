@@ -49,7 +49,8 @@ def render(report) -> str:
                ' (of the mean over seeds, on the same resamples in every seed) and ± the standard deviation over '
                'seeds' if len(seeds) > 1 else '') +
            '. Every row is its run\'s last checkpoint and the model named; every method continued the same '
-           'source-only burn-in for the same steps, schedule and augmentation (source_only and oracle included). '
+           'source-only burn-in for the same steps, schedule, augmentation and BatchNorm policy '
+           f"(`{report['settings']['adapt']['bn_policy']}`; source_only and oracle included). "
            f'{MARK}: reads labelled {tgt} data (an upper bound or a labelled-data method, not unsupervised '
            f'adaptation). Gap closed: share of the source_only -> oracle {tgt} gap; forgetting: burn-in {src} '
            f'mAP@0.5 minus the method\'s. Adapt GFLOPs: an estimate of the detector\'s training, 3 x its forward '

@@ -6,7 +6,8 @@ with is resolved from the config inside it (`setup`), so it is this trainer's `f
 experiments/configs preset: `detector` + its block, `method`, `adaptation_losses` ('name:weight,...'; empty:
 the method's defaults), `adaptation_hparams` ({loss name: {hparam: value}}), `dataset` / `train_split`
 (labelled source), `target_dataset` (empty: `dataset`) / `target_split`, `ema_decay` (0: off; on, the EMA is
-what is evaluated), `strong_augment` (the strong view `image_strong` of the `domains` listed, and of the
+what is evaluated), `bn_policy` (adapt.methods.step: source | frozen | joint; frozen builds the model with
+frozen BatchNorm), `strong_augment` (the strong view `image_strong` of the `domains` listed, and of the
 method's own `strong_views`), `init_run` (a finished detector run to start from) and `init_from` (a Keras
 backbone file).
 """
@@ -24,8 +25,8 @@ from adapt.datasets.pipeline import DetectionPipeline
 from adapt.datasets.two_domain import TRAIN_FIELDS, ZipIterator
 from adapt.evaluation.detector_eval import Evaluator, class_names, ema_variables, state_variables
 from adapt.methods.base import DOMAINS, StepContext, TrainData, get_method, resolve_terms
-from adapt.methods.step import active_domains, make_step, where_path
-from adapt.models.families import missing_settings, with_data_settings
+from adapt.methods.step import active_domains, check_bn_policy, make_step, where_path
+from adapt.models.families import missing_settings, with_data_settings, with_frozen_bn
 from adapt.run_models import build_detector
 from adapt.runs import load_run, read_run, write_run
 from adapt.training import TrainState, make_mesh, to_host, train_loop
@@ -44,6 +45,7 @@ class Setup:
 
     frozen: tuple = ()
     strong: tuple = ()
+    bn_policy: str = 'source'
 
     @property
     def domains(self):
@@ -52,7 +54,7 @@ class Setup:
     def step(self, config):
         """The generic train step of this setup (run it with adapt.training.data_parallel)."""
         return make_step(self.detector, self.method, self.terms, config.num_steps, config.ema_decay,
-                         frozen=self.frozen)
+                         frozen=self.frozen, bn_policy=self.bn_policy)
 
 
 def setup(config, num_classes) -> Setup:
@@ -62,9 +64,10 @@ def setup(config, num_classes) -> Setup:
     if method.configure is not None:
         method = method.configure(config)
     terms = resolve_terms(method, config.adaptation_losses, config.adaptation_hparams.to_dict())
-    detector = build_detector(config, num_classes)
+    policy = check_bn_policy(config.get('bn_policy', 'source'))
+    detector = build_detector(with_frozen_bn(config) if policy == 'frozen' else config, num_classes)
     frozen = tuple(str(p) for p, m in optimizer_settings(config, method, detector).param_groups if float(m) == 0.0)
-    return Setup(detector, method, terms, frozen, strong_domains(config, method))
+    return Setup(detector, method, terms, frozen, strong_domains(config, method), policy)
 
 
 def optimizer_settings(config, method, detector) -> OptimizerConfig:

@@ -150,6 +150,10 @@ def base_config():
     c.target_split = 'train_night'    # unlabelled unless the method uses target labels (oracle)
     c.target_eval_splits = ''         # evaluation splits of target_dataset (when it differs)
     c.ema_decay = 0.0                 # > 0: train an EMA of the weights and evaluate it
+    # BatchNorm in training (adapt.methods.step): source (statistics of each domain's batch, running ones from
+    # the source pass) | frozen (running statistics everywhere, never updated: as in evaluation) | joint (one
+    # pass over source + target, mixed-batch statistics). The same for every method of a comparison.
+    c.bn_policy = 'source'
     c.init_run = ''                   # a finished detector run to start from (fresh optimizer and schedule)
     c.translator = ''                 # a finished train_unit run whose frozen generator translates source ->
     #                                   target (translate_train) and target -> source (online_translation)

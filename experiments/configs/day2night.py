@@ -48,7 +48,8 @@ def get_config():
     # Every method (source_only and oracle included) continues the burn-in like this.
     c.adapt = ml_collections.ConfigDict(dict(
         num_steps=60, batch_size=16, lr=3e-4, warmup_steps=10, ema_decay=0.0, mean_teacher_decay=0.98,
-        pseudo_label_rounds=3, num_labelled=100))
+        pseudo_label_rounds=3, num_labelled=100,
+        bn_policy='source'))          # BatchNorm in training, the same for every row: source | frozen | joint
     c.unit = common.unit_day2night_config()
     c.unit.num_steps = 400
     c.unit.image_every = 0
