@@ -14,6 +14,7 @@ from adapt.boxes import encode_boxes, pairwise_iou
 
 NEGATIVE = -1  # anchor is background
 IGNORE = -2  # anchor in the ignore band: neither positive nor negative
+IGNORE_KEYS = ('ignore_boxes', 'ignore_mask')  # a pseudo-labelled batch's regions of uncertain objects
 
 
 @functools.partial(jax.jit, static_argnames=("allow_low_quality",))
@@ -69,6 +70,23 @@ def assign_targets(anchors, gt_boxes, gt_labels, gt_mask, matched_threshold=0.5,
         "negative": matches == NEGATIVE,
         "ignore": matches == IGNORE,
     }
+
+
+def near_ignored(boxes, gt, threshold):
+    """[A] bool: which of one image's `boxes` [A, 4] (anchors, proposals) overlap a valid ignore region of `gt`
+    ({'ignore_boxes' [K, 4], 'ignore_mask' [K]}: a teacher's uncertain detections) at IoU >= `threshold` (a
+    matcher's negative threshold: such a box would otherwise teach background where an object may be);
+    all False when `gt` has no ignore regions."""
+    if 'ignore_boxes' not in gt:
+        return jnp.zeros(boxes.shape[:1], bool)
+    iou = pairwise_iou(boxes, gt['ignore_boxes'])  # [A, K]
+    return jnp.any((iou >= threshold) & jnp.asarray(gt['ignore_mask'], bool)[None], axis=-1)
+
+
+def negative_threshold(matcher: dict) -> float:
+    """The IoU below which a matcher's anchor is background (`unmatched_threshold`, else `matched_threshold`)."""
+    unmatched = matcher.get('unmatched_threshold')
+    return matcher.get('matched_threshold', 0.5) if unmatched is None else unmatched
 
 
 def _rank(priority, axis=-1):

@@ -13,7 +13,8 @@ import pytest
 
 from adapt.datasets import augment as aug
 from adapt.losses.adaptation import ADAPTATION_LOSSES, adaptation_loss
-from adapt.methods.mean_teacher import pseudo_labels, update_teacher
+from adapt.methods.mean_teacher import update_teacher
+from adapt.methods.self_training import teacher_labels
 from adapt.trainers.detection import init_state, setup
 from adapt.nms import Detections
 from adapt.training import TrainState, data_parallel, make_mesh, replicate, shard_batch, to_host
@@ -84,23 +85,27 @@ def test_teacher_update_is_the_ema_of_every_leaf():
     jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
 
 
-def test_pseudo_labels_keep_exactly_the_detections_at_or_above_the_threshold():
+def test_pseudo_labels_keep_exactly_the_detections_at_or_above_the_threshold_and_ignore_the_band_below():
     rng = np.random.default_rng(1)
-    threshold = np.float32(0.6)
+    threshold, low = np.float32(0.6), np.float32(0.3)
     scores = rng.uniform(0, 1, (3, 10)).astype(np.float32)
     scores[0, :4] = [threshold, np.nextafter(threshold, np.float32(0)), np.nextafter(threshold, np.float32(1)), 1.0]
+    scores[1, :3] = [low, np.nextafter(low, np.float32(0)), 0.5]
     scores[2, 7:] = 0.99  # rows past num_valid: never labels, whatever their score
-    num_valid = np.array([10, 0, 7], np.int32)
+    num_valid = np.array([10, 3, 7], np.int32)
     boxes = rng.uniform(0, 1, (3, 10, 4)).astype(np.float32)
     classes = rng.integers(0, 5, (3, 10)).astype(np.int32)
-    got = pseudo_labels(Detections(boxes, scores, classes, num_valid), threshold)
+    got = teacher_labels(Detections(boxes, scores, classes, num_valid), threshold, low)
     for b in range(3):
         for d in range(10):
             kept = d < num_valid[b] and scores[b, d] >= threshold
-            assert bool(got['mask'][b, d]) == kept, (b, d)
+            unsure = d < num_valid[b] and low <= scores[b, d] < threshold
+            assert bool(got['mask'][b, d]) == kept and bool(got['ignore_mask'][b, d]) == unsure, (b, d)
             assert int(got['labels'][b, d]) == (classes[b, d] if kept else -1)
             np.testing.assert_array_equal(got['boxes'][b, d], boxes[b, d] if kept else np.zeros(4))
+            np.testing.assert_array_equal(got['ignore_boxes'][b, d], boxes[b, d] if unsure else np.zeros(4))
     assert np.asarray(got['mask'])[0, :4].tolist() == [True, False, True, True]
+    assert np.asarray(got['ignore_mask'])[1, :4].tolist() == [True, False, True, False]
 
 
 def test_the_teacher_sees_only_the_weak_view_and_the_student_only_the_strong_one():

@@ -5,6 +5,7 @@ import pytest
 
 from adapt.evaluation.pseudo_labels import pseudo_label_metrics, pseudo_label_quality, select_pseudo_labels
 from adapt.methods.pseudo_label import load_labels, pseudo_labelled_split, save_labels
+from adapt.methods.self_training import round_labels
 
 
 def _pred():
@@ -47,7 +48,7 @@ def test_quality_against_the_true_labels_by_hand():
                                                'pseudo_recall': pytest.approx(3 / 4)}
 
 
-def test_relabelled_split_carries_exactly_the_kept_boxes(env, tmp_path):
+def test_relabelled_split_carries_exactly_the_kept_boxes_and_ignore_regions(env, tmp_path):
     import tensorflow_datasets as tfds
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])
     n = builder.info.splits['train_night'].num_examples
@@ -55,7 +56,7 @@ def test_relabelled_split_carries_exactly_the_kept_boxes(env, tmp_path):
     pred = {'index': rng.permutation(n), 'boxes': rng.uniform(0, 0.5, (n, 3, 4)).astype(np.float32),
             'scores': rng.uniform(0, 1, (n, 3)).astype(np.float32), 'classes': rng.integers(0, 3, (n, 3)),
             'det_mask': np.ones((n, 3), bool)}
-    labels = select_pseudo_labels(pred, 0.4)
+    labels = round_labels(pred, 0.4, 0.2)
     save_labels(str(tmp_path / 'round_0.npz'), labels, {'num_boxes': 1})
     labels, quality = load_labels(str(tmp_path / 'round_0.npz'))
     assert quality == {'num_boxes': 1}
@@ -64,9 +65,11 @@ def test_relabelled_split_carries_exactly_the_kept_boxes(env, tmp_path):
     assert len(examples) == n
     for position, (example, original) in enumerate(zip(examples, originals)):
         row = int(np.flatnonzero(pred['index'] == position)[0])
-        kept = pred['scores'][row] >= 0.4
+        kept, sure = pred['scores'][row] >= 0.2, pred['scores'][row] >= 0.4  # an ignore region is label -2
         assert sorted(map(tuple, example['objects']['bbox'])) == sorted(map(tuple, pred['boxes'][row][kept]))
-        assert sorted(example['objects']['label']) == sorted(pred['classes'][row][kept])
+        want = np.where(sure, pred['classes'][row], -2)[kept]
+        assert sorted(zip(map(tuple, example['objects']['bbox']), example['objects']['label'])) == sorted(
+            zip(map(tuple, pred['boxes'][row][kept]), want))
         np.testing.assert_array_equal(tf_decode(example['image']), original['image'])
     with pytest.raises(ValueError, match='not every image'):
         pseudo_labelled_split(builder, 'train_night', {**labels, 'index': labels['index'] * 0})
@@ -92,7 +95,7 @@ def test_rounds_train_on_the_stored_labels_and_resume_inside_a_round(env, tmp_pa
     builder = tfds.builder('daynight_synth/tiny', data_dir=env[1])
     config = get_config()
     config.update(method='pseudo_label', num_steps=4, checkpoint_every=2, num_draw=0)
-    config.pseudo_label.update(threshold=0.0, rounds=2, steps_per_round=2)
+    config.pseudo_label.update(threshold=0.0, ignore_low=0.0, rounds=2, steps_per_round=2)
     train(config, builder, workdir=str(tmp_path / 'whole'), print_fn=lambda line: None)
 
     shutil.copytree(tmp_path / 'whole', tmp_path / 'stopped')

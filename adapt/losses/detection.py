@@ -15,6 +15,16 @@ from jax import lax
 from adapt.matching import hard_negative_mining
 
 CLASSIFICATION = ('softmax', 'focal')
+NEGATIVES = ('mined', 'weighted')
+
+
+def weighted_negatives(positive, negative, ratio):
+    """Background weights [..., A] without mining: each image's negatives share equally the weight of
+    `ratio` x max(its positives, 1) anchors (in expectation, a uniform draw of that many), so an image
+    without objects still teaches its background and no anchor is chosen for a large loss."""
+    num_pos = jnp.sum(positive, -1, keepdims=True).astype(jnp.float32)
+    num_neg = jnp.sum(negative, -1, keepdims=True).astype(jnp.float32)
+    return jnp.where(negative, ratio * jnp.maximum(num_pos, 1.0) / jnp.maximum(num_neg, 1.0), 0.0)
 
 
 def smooth_l1(x, beta=1.0):
@@ -35,11 +45,13 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
 
 
 def ssd_loss(outputs, targets, *, classification='softmax', neg_pos_ratio=3, box_weight=1.0, beta=1.0,
-             alpha=0.25, gamma=2.0, normalizer=None):
+             alpha=0.25, gamma=2.0, normalizer=None, negatives='mined'):
     """SSD multibox loss, or its RetinaNet-style focal variant.
 
     classification='softmax': cross-entropy over C' = num_classes + 1 columns on the positives and on the
-    `neg_pos_ratio` x num_pos hardest negatives of each image (largest background cross-entropy).
+    `neg_pos_ratio` x num_pos hardest negatives of each image (largest background cross-entropy), or, with
+    negatives='weighted' (pseudo-labels: the hardest negatives are where the teacher missed an object), on
+    every negative with `weighted_negatives`.
     classification='focal': sigmoid focal loss (alpha, gamma) over C' = num_classes columns on every anchor
     that is positive or negative (ignored anchors excluded); background is the all-zero target.
     Box term: smooth L1 (beta; 0 gives L1) of the codes against the targets on positives, times box_weight.
@@ -55,8 +67,14 @@ def ssd_loss(outputs, targets, *, classification='softmax', neg_pos_ratio=3, box
 
     if classification == 'softmax':
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, cls_t)
-        hard = hard_negative_mining(lax.stop_gradient(ce), positive, negative, neg_pos_ratio)
-        cls_sum = jnp.sum(jnp.where(positive | hard, ce, 0.0))
+        if negatives == 'mined':
+            hard = hard_negative_mining(lax.stop_gradient(ce), positive, negative, neg_pos_ratio)
+            cls_sum = jnp.sum(jnp.where(positive | hard, ce, 0.0))
+        elif negatives == 'weighted':
+            background = weighted_negatives(positive, negative, neg_pos_ratio)
+            cls_sum = jnp.sum(jnp.where(positive, ce, 0.0) + jnp.where(negative, background * ce, 0.0))
+        else:
+            raise ValueError(f'negatives {negatives!r}; valid choices: {", ".join(NEGATIVES)}')
     elif classification == 'focal':
         onehot = jax.nn.one_hot(cls_t - 1, logits.shape[-1])  # background (0) -> all zeros
         per_anchor = sigmoid_focal_loss(logits, onehot, alpha, gamma).sum(-1)

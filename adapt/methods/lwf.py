@@ -32,8 +32,8 @@ def configure(config) -> Method:
     if labels == 'fine_tune':
         return dataclasses.replace(LWF, **fine_tune.settings(config))
     if labels == 'pseudo_label':
-        pseudo_label.check_rounds(config)
-        return dataclasses.replace(LWF, supervised=('source', 'target'), own_target_labels=True, fit=pseudo_label.fit)
+        return dataclasses.replace(LWF, supervised=('source',), losses='pseudo_label:1.0,lwf:1.0',
+                                   **pseudo_label.settings(config))
     raise ValueError(f'unknown lwf.labels {labels!r}; valid choices: {", ".join(LABELS)}')
 
 

@@ -4,8 +4,9 @@ supervise the student on the strong view of the same image, beside the source lo
 
 The teacher starts as the initial model (the burn-in run of `init_run`), lives in the checkpointed aux state
 (aux['method']['teacher'], so a resumed run is exact) and follows t <- a t + (1 - a) s after every update,
-BatchNorm statistics included. Settings: `config.mean_teacher` {decay, threshold, box_regression}; the
-strong view comes from the pipeline (`config.strong_augment`, on for the target whatever its `domains`).
+BatchNorm statistics included. Settings: `config.mean_teacher` {decay, threshold, ignore_low, box_regression,
+distillation}; the strong view comes from the pipeline (`config.strong_augment`, on for the target whatever
+its `domains`).
 """
 from __future__ import annotations
 
@@ -13,34 +14,28 @@ import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from adapt.losses.adaptation import adaptation_loss
 from adapt.methods.base import Method, register_method
+from adapt.methods.self_training import (DISTILLATION, check_band, pseudo_label_loss, soft_distillation,
+                                        teacher_labels)
 from adapt.methods.step import ema_update
 
 DECAY, THRESHOLD = 0.9996, 0.8  # Adaptive Teacher's (100k steps); short runs need a faster teacher (~0.99)
-
-
-def pseudo_labels(detections, threshold):
-    """Detections [B, D] -> a labelled batch {'boxes' [B, D, 4], 'labels' int32 [B, D] (-1 where not kept),
-    'mask' bool [B, D]}: exactly the valid detections whose score is at or above `threshold`."""
-    rows = jnp.arange(detections.scores.shape[1])
-    keep = (rows[None, :] < detections.num_valid[:, None]) & (detections.scores >= threshold)
-    return {'boxes': jnp.where(keep[..., None], detections.boxes, 0.0),
-            'labels': jnp.where(keep, detections.classes, -1).astype(jnp.int32), 'mask': keep}
+LOW = 0.2  # detections scoring in [LOW, THRESHOLD) are ignore regions (a stated setting, not tuned)
 
 
 @adaptation_loss('mean_teacher', domains=('target',))
-def mean_teacher_loss(ctx, *, threshold=THRESHOLD, box_regression=False):
-    """The detector's loss of the student's target outputs (strong view) on the teacher's detections (weak
-    view, the detector's own post-processing: exact NMS inside the step) at or above `threshold`; only its
-    classification part unless `box_regression` (pseudo-boxes are too loose to regress on, Adaptive Teacher)."""
-    labels = pseudo_labels(ctx.detector.postprocess(ctx.teacher_outputs['target']), threshold)
-    loss, metrics = ctx.detector.loss(ctx.target_outputs, labels, ctx.axis_name, ctx.loss_key('mean_teacher'))
-    boxes = jnp.mean(jnp.sum(labels['mask'], axis=1, dtype=jnp.float32))
-    return (loss if box_regression else metrics['cls_loss']), {**metrics, 'pseudo_boxes_per_image': boxes}
+def mean_teacher_loss(ctx, *, threshold=THRESHOLD, low=LOW, box_regression=False, distillation='hard'):
+    """'hard': the detector's loss of the student's target outputs (strong view) on the teacher's detections
+    (weak view, the detector's own post-processing: exact NMS inside the step) at or above `threshold`, those
+    in [low, threshold) ignored (adapt.methods.self_training); only its classification part unless
+    `box_regression`. 'soft': the teacher's class probabilities distilled at every dense position."""
+    if distillation == 'soft':
+        return soft_distillation(ctx.detector, ctx.target_outputs, ctx.teacher_outputs['target'], ctx.axis_name), {}
+    labels = teacher_labels(ctx.detector.postprocess(ctx.teacher_outputs['target']), threshold, low)
+    return pseudo_label_loss(ctx, labels, 'mean_teacher', box_regression)
 
 
 def init_teacher(variables):
@@ -60,15 +55,19 @@ def teacher(state):
 
 
 def configure(config) -> Method:
-    """mean_teacher with `config.mean_teacher`'s decay, threshold and box_regression."""
+    """mean_teacher with `config.mean_teacher`'s decay, threshold, ignore_low, box_regression and distillation."""
     block = config.mean_teacher
     if not 0.0 <= block.decay < 1.0:
         raise ValueError(f'mean_teacher.decay={block.decay} must lie in [0, 1)')
     if not 0.0 < block.threshold <= 1.0:
         raise ValueError(f'mean_teacher.threshold={block.threshold} must lie in (0, 1]')
+    check_band(block, 'mean_teacher')
+    if block.distillation not in DISTILLATION:
+        raise ValueError(f'mean_teacher.distillation {block.distillation!r}; valid choices: {", ".join(DISTILLATION)}')
     return dataclasses.replace(
         MEAN_TEACHER, after_update=functools.partial(update_teacher, decay=float(block.decay)),
-        hparams={'mean_teacher': dict(threshold=float(block.threshold), box_regression=bool(block.box_regression))})
+        hparams={'mean_teacher': dict(threshold=float(block.threshold), low=float(block.ignore_low),
+                                      box_regression=bool(block.box_regression), distillation=block.distillation)})
 
 
 MEAN_TEACHER = register_method(Method(

@@ -1,8 +1,9 @@
 """Pseudo-label self-training in rounds (Rosenberg, Hebert and Schneiderman 2005).
 
 Each round, the current model predicts the whole unlabelled target training split; its detections at or
-above `threshold` become that split's labels, and training continues from the previous round for
-`steps_per_round` steps on source plus pseudo-labelled target. The labels of each round are stored in the
+above `threshold` become that split's labels (those in [ignore_low, threshold) its ignore regions,
+adapt.methods.self_training), and training continues from the previous round for `steps_per_round` steps on
+source plus pseudo-labelled target (the 'pseudo_label' term: classification only unless `box_regression`). The labels of each round are stored in the
 workdir (`pseudo_labels/round_<r>.npz`), so an interrupted round resumes on exactly the same labels.
 The target training split is read without its labels (an unlabelled pipeline): a round logs how many
 pseudo-boxes it keeps; their precision and recall are measured on the evaluation splits at every
@@ -10,6 +11,7 @@ evaluation (`adapt.evaluation.pseudo_labels`, `Method.pseudo_threshold`), never 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -18,8 +20,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adapt.datasets.pipeline import DetectionPipeline
-from adapt.evaluation.pseudo_labels import select_pseudo_labels
 from adapt.methods.base import Method, TrainData, register_method
+from adapt.methods.self_training import IGNORE_LABEL, check_band, round_labels
 from adapt.models.inference import make_predict_fn, predict_split
 from adapt.training import Checkpointer, replicate
 from adapt.training.config import image_size
@@ -96,16 +98,18 @@ def _round_labels(run, template, r: int, say):
         return load_labels(path)[0]
     state = _state_at(run, template, r * hp.steps_per_round)
     pred = _predict_target(run, run.evaluator.variables_fn(state))
-    labels = select_pseudo_labels(pred, hp.threshold)
-    count = int(labels['mask'].sum())
-    quality = {'num_boxes': count, 'boxes_per_image': count / max(len(labels['index']), 1)}
+    labels = round_labels(pred, hp.threshold, hp.ignore_low)
+    count, unsure = int((labels['labels'] >= 0).sum()), int((labels['labels'] == IGNORE_LABEL).sum())
+    images = max(len(labels['index']), 1)
+    quality = {'num_boxes': count, 'boxes_per_image': count / images, 'ignore_regions_per_image': unsure / images}
     save_labels(path, labels, quality)
     writer = MetricsWriter(run.workdir, tensorboard=run.config.tensorboard)
     try:
         writer.scalars(r * hp.steps_per_round, quality, 'pseudo_labels')
     finally:
         writer.close()
-    say(f'pseudo-label round {r}: {count} boxes on {len(labels["index"])} target images at score >= {hp.threshold}')
+    say(f'pseudo-label round {r}: {count} boxes on {len(labels["index"])} target images at score >= {hp.threshold}, '
+        f'{unsure} ignore regions in [{hp.ignore_low}, {hp.threshold})')
     return labels
 
 
@@ -135,12 +139,20 @@ def fit(run):
     return state if finished < config.num_steps else _state_at(run, state, config.num_steps)
 
 
-def configure(config) -> Method:
+def settings(config) -> dict:
+    """The Method fields of pseudo-label rounds under `config.pseudo_label` (pseudo_label's, and lwf's
+    pseudo-label mode); ValueError (one line) for bad settings."""
     check_rounds(config)
-    return PSEUDO_LABEL
+    check_band(config.pseudo_label, 'pseudo_label')
+    return dict(own_target_labels=True, fit=fit, pseudo_threshold=PSEUDO_LABEL.pseudo_threshold,
+                hparams={'pseudo_label': dict(box_regression=bool(config.pseudo_label.box_regression))})
+
+
+def configure(config) -> Method:
+    return dataclasses.replace(PSEUDO_LABEL, **settings(config))
 
 
 PSEUDO_LABEL = register_method(Method(
     'pseudo_label', 'labelled source + the model\'s own confident target detections, retrained in rounds',
-    supervised=('source', 'target'), own_target_labels=True, fit=fit, configure=configure,
+    losses='pseudo_label:1.0', own_target_labels=True, fit=fit, configure=configure,
     pseudo_threshold=lambda config: config.pseudo_label.threshold))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from adapt.losses.detection import smooth_l1
-from adapt.models.rpn import sampled_targets
+from adapt.models.rpn import sampled_targets, truth
 from adapt.postprocess import BOX_WEIGHTS
 from adapt.training.parallel import example_keys, global_mean
 
@@ -28,7 +28,7 @@ def per_example_keys(key, batch_size, axis_name=None):
 def roi_loss(outputs, batch, keys, *, matcher, num_samples, positive_fraction, beta, axis_name):
     """RoI class cross-entropy and box smooth L1 of the true class (on the positives) over each image's sampled
     proposal rows, both divided by the sampled count of the global batch. -> (cls, box, positives)."""
-    gt = {k: batch[k] for k in ('boxes', 'labels', 'mask')}
+    gt = truth(batch)
     per_image = lambda k, p, v, g: sampled_targets(k, p, v, g, matcher, num_samples, positive_fraction,  # noqa: E731
                                                    BOX_WEIGHTS)
     cls_t, box_t, pos, neg = jax.vmap(per_image)(keys, outputs['proposals'], outputs['proposal_mask'], gt)

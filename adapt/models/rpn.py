@@ -25,7 +25,7 @@ from jax import lax
 
 from adapt.boxes import clip_boxes, decode_boxes
 from adapt.losses.detection import smooth_l1
-from adapt.matching import assign_targets, sample_balanced
+from adapt.matching import IGNORE_KEYS, assign_targets, near_ignored, negative_threshold, sample_balanced
 from adapt.postprocess import decode_and_nms
 from adapt.training.parallel import global_mean
 
@@ -88,12 +88,19 @@ def propose(logits, codes, anchors, level_counts, image_size, settings: Proposal
     return dets.boxes, dets.scores, valid
 
 
+def truth(batch) -> dict:
+    """The matching's inputs of a batch: its objects, and its ignore regions when it has them."""
+    return {k: batch[k] for k in ('boxes', 'labels', 'mask', *IGNORE_KEYS) if k in batch}
+
+
 def sampled_targets(key, anchors, valid, gt, matcher, num_samples, positive_fraction, box_weights):
     """One image's targets at `anchors` [A, 4] (or proposals; `valid` [A] excludes padding) for the sampled
     minibatch: (cls_targets [A] (0 background, label + 1), box_targets [A, 4], sampled positive [A],
-    sampled negative [A]) from `assign_targets` with `matcher`, then `sample_balanced` with `key`."""
+    sampled negative [A]) from `assign_targets` with `matcher`, then `sample_balanced` with `key`. Negatives near
+    `gt`'s ignore regions (a pseudo-labelled batch's, adapt.matching.near_ignored) are never sampled."""
     t = assign_targets(anchors, gt['boxes'], gt['labels'], gt['mask'], weights=tuple(box_weights), **matcher)
-    pos, neg = sample_balanced(key, t['positive'] & valid, t['negative'] & valid, num_samples, positive_fraction)
+    negative = t['negative'] & valid & ~near_ignored(anchors, gt, negative_threshold(matcher))
+    pos, neg = sample_balanced(key, t['positive'] & valid, negative, num_samples, positive_fraction)
     return t['cls_targets'], t['box_targets'], pos, neg
 
 
@@ -103,7 +110,7 @@ def rpn_loss(logits, codes, anchors, batch, keys, *, matcher, num_samples, posit
     valid = jnp.ones(anchors.shape[:1], bool)
     per_image = lambda k, gt: sampled_targets(k, anchors, valid, gt, matcher, num_samples,  # noqa: E731
                                               positive_fraction, RPN_BOX_WEIGHTS)
-    _, box_t, pos, neg = jax.vmap(per_image)(keys, {k: batch[k] for k in ('boxes', 'labels', 'mask')})
+    _, box_t, pos, neg = jax.vmap(per_image)(keys, truth(batch))
     sampled = pos | neg
     cls = global_mean(optax.sigmoid_binary_cross_entropy(logits, pos.astype(jnp.float32)), sampled, axis_name)
     l1 = jnp.where(pos, smooth_l1(codes - box_t, beta).sum(-1), 0.0)

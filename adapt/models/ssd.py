@@ -25,7 +25,7 @@ from jax import lax
 
 from adapt.anchors import ssd_default_boxes
 from adapt.losses.detection import ssd_loss
-from adapt.matching import assign_targets
+from adapt.matching import IGNORE_KEYS, assign_targets, near_ignored, negative_threshold
 from adapt.models.dense import DenseDetector, class_scores, model_fields
 from adapt.models.features import BackboneModel
 from adapt.models.layers import conv_init
@@ -149,19 +149,26 @@ class SSDDetector(DenseDetector):
         return self.model.level_names
 
     def targets(self, batch):
-        """assign_targets over a batch {'boxes' [B, M, 4], 'labels', 'mask'} -> dict of [B, A, ...]."""
+        """assign_targets over a batch {'boxes' [B, M, 4], 'labels', 'mask'} -> dict of [B, A, ...]; with
+        ignore regions (a pseudo-labelled batch), the negatives near them are not negatives."""
         anchors = jnp.asarray(self.anchors)
         assign = lambda b, l, m: assign_targets(anchors, b, l, m, weights=BOX_WEIGHTS, **self.matcher)  # noqa: E731
-        return jax.vmap(assign)(batch['boxes'], batch['labels'], batch['mask'])
+        targets = jax.vmap(assign)(batch['boxes'], batch['labels'], batch['mask'])
+        if 'ignore_boxes' not in batch:
+            return targets
+        ignored = jax.vmap(lambda gt: near_ignored(anchors, gt, negative_threshold(self.matcher)))(
+            {k: batch[k] for k in IGNORE_KEYS})
+        return {**targets, 'negative': targets['negative'] & ~ignored, 'ignore': targets['ignore'] | ignored}
 
     def loss(self, outputs, batch, axis_name=None, key=None):
         """Multibox (or focal) loss normalised by the positives of the global batch (no sampling: `key` is
         unused); metrics count the positive anchors per image (a mean over the devices is then the global
-        batch's)."""
+        batch's). A pseudo-labelled batch (one with ignore regions) has its negatives weighted, not mined."""
         targets = self.targets(batch)
         positives = jnp.sum(targets['positive']).astype(jnp.float32)
         normalizer = lax.pmean(positives, axis_name) if axis_name else positives
-        loss, metrics = ssd_loss(outputs, targets, normalizer=normalizer, **self.loss_settings)
+        negatives = 'weighted' if 'ignore_boxes' in batch else 'mined'
+        loss, metrics = ssd_loss(outputs, targets, normalizer=normalizer, negatives=negatives, **self.loss_settings)
         metrics['positives_per_image'] = metrics.pop('num_positives') / targets['positive'].shape[0]
         return loss, metrics
 

@@ -48,9 +48,12 @@ class YOLODetector(DenseDetector):
 
     def negatives(self, outputs, batch, responsible):
         """Predictions [B, A] that are objectness negatives: not responsible, and no decoded box overlapping
-        a ground truth by more than the ignore threshold (the choice carries no gradient)."""
+        a ground truth, or an ignore region of a pseudo-labelled batch, by more than the ignore threshold (the
+        choice carries no gradient)."""
         decoded = self.grid.decode(lax.stop_gradient(outputs['box_codes']))
         overlap = jax.vmap(best_overlap)(decoded, batch['boxes'], batch['mask'])
+        if 'ignore_boxes' in batch:
+            overlap = jnp.maximum(overlap, jax.vmap(best_overlap)(decoded, batch['ignore_boxes'], batch['ignore_mask']))
         return ~responsible & (overlap <= self.loss_settings['ignore_threshold'])
 
     def loss(self, outputs, batch, axis_name=None, key=None):

@@ -159,10 +159,16 @@ def base_config():
     #                                   target (translate_train) and target -> source (online_translation)
     c.adabn = ml_collections.ConfigDict(dict(num_images=0))  # adabn: target_split images (0 = all)
     # pseudo_label: rounds x steps_per_round must be num_steps (one learning-rate schedule over all rounds)
-    c.pseudo_label = ml_collections.ConfigDict(dict(threshold=0.5, rounds=3, steps_per_round=100))
-    # mean_teacher: the teacher's EMA decay (Adaptive Teacher: 0.9996 over 100k steps; adapt_quick: 0.99), the
-    # score at or above which its detections become pseudo-labels, and box regression on them (off, as published)
-    c.mean_teacher = ml_collections.ConfigDict(dict(decay=0.9996, threshold=0.8, box_regression=False))
+    # Self-training (adapt.methods.self_training): detections scoring at or above `threshold` are pseudo-labels,
+    # those in [ignore_low, threshold) ignore regions (neither object nor background; 0.2: stated, not tuned);
+    # box regression on pseudo-boxes is off, as published.
+    c.pseudo_label = ml_collections.ConfigDict(dict(threshold=0.5, ignore_low=0.2, box_regression=False, rounds=3,
+                                                    steps_per_round=100))
+    # mean_teacher: the teacher's EMA decay (Adaptive Teacher: 0.9996 over 100k steps; adapt_quick: 0.99), its
+    # pseudo-labels as pseudo_label's, and `distillation` 'hard' (thresholded pseudo-labels) or 'soft' (the
+    # teacher's class probabilities at every anchor as targets, ALDI++)
+    c.mean_teacher = ml_collections.ConfigDict(dict(decay=0.9996, threshold=0.8, ignore_low=0.2, box_regression=False,
+                                                    distillation='hard'))
     # fine_tune / feature_extract: N labelled target images (a seeded subset of target_split, ids in run.json;
     # subsets of one seed are nested); parameters matching `freeze` ('detector/features/backbone/conv1') keep
     # their values and BatchNorm statistics; feature_extract also freezes the backbone and starts the
