@@ -27,9 +27,18 @@ def _deps(seed, so_night, dann_night):
             f'evaluate/method/oracle{s}': {**_eval(0.2, 0.2, 0.35), 'uses_target_labels': True},
             f'evaluate/method/dann{s}': _eval(0.5, 0.12, dann_night, params=100,
                                               samples={'source': 2000, 'target': 2000}),
+            f'evaluate/method/mean_teacher{s}': _eval(0.55, 0.1, 0.06, samples={'source': 2000, 'target': 2000}),
             f'evaluate/sequential/dusk{s}': _eval(0.4, 0.3, 0.1),
             f'evaluate/sequential/night{s}': _eval(0.3, 0.2, 0.33),
-            **{f'method/{m}{s}': {'seconds': 120.0} for m in ('source_only', 'oracle', 'dann')}}
+            **{f'method/{m}{s}': {'seconds': 120.0} for m in ('source_only', 'oracle', 'dann')},
+            # the teacher makes the pseudo-labels: its diagnostics, not the student's, are the row's
+            f'method/mean_teacher{s}': {'seconds': 120.0, 'validation': {
+                'student/validation_night': _pseudo(9.0, 0.9, 0.9), 'teacher/validation_night': _pseudo(
+                    0.5 + seed, 0.4 + 0.2 * seed, 0.1 + 0.1 * seed), 'teacher/validation_day': _pseudo(7.0, 0.9, 0.9)}}}
+
+
+def _pseudo(per_image, precision, recall):
+    return {'AP50': 0.1, 'pseudo_boxes_per_image': per_image, 'pseudo_precision': precision, 'pseudo_recall': recall}
 
 
 def _boot(methods, seeds):
@@ -42,7 +51,7 @@ def _boot(methods, seeds):
 def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
     config = day2night.get_config()
     deps = {**_deps(0, 0.05, 0.08), **_deps(1, 0.07, 0.13)}
-    methods = ['source_only', 'oracle', 'dann']
+    methods = ['source_only', 'oracle', 'dann', 'mean_teacher']
     boot = _boot(methods, [0, 1])
     boot['dann'] = [{k: np.array([0.1, -1, 0.3, 0.5]) for k in boot['dann'][0]},
                     {k: np.array([0.3, 0.2, 0.5, 0.7]) for k in boot['dann'][0]}]
@@ -57,6 +66,9 @@ def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
     # 3 x 0.2 GFLOPs x 60 steps x 16 images per domain x 2 domains
     assert dann['adapt_gflops'] == pytest.approx(3 * 0.2 * 60 * 16 * 2) and dann['adapt_minutes'] == 2.0
     assert out['methods']['oracle']['gap_closed'] == pytest.approx(1.0)
+    assert out['methods']['mean_teacher']['pseudo_labels'] == pytest.approx(
+        {'pseudo_boxes_per_image': 1.0, 'pseudo_precision': 0.5, 'pseudo_recall': 0.15})
+    assert dann['pseudo_labels'] is None
     t = out['transfer']
     R = np.array([[0.6, 0.1, 0.05], [0.4, 0.3, 0.1], [0.3, 0.2, 0.33]])
     np.testing.assert_allclose(t['R'], R)
@@ -66,14 +78,18 @@ def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
 
 def test_markdown_marks_target_labels_and_methods_below_source_only():
     config = day2night.get_config()
-    methods = ['source_only', 'oracle', 'dann']
+    methods = ['source_only', 'oracle', 'dann', 'mean_teacher']
     out = combine(config, _deps(0, 0.05, 0.04), methods, [0], DOMAINS, _boot(methods, [0]))
     report = {'roles': {'source': 'day', 'intermediate': 'dusk', 'target': 'night'}, 'seeds': [0],
+              'settings': config.to_dict(),
               'settings_hash': 'h', 'commit': 'c', 'created': 't', 'packages': {}, 'figures': {},
               'splits': {'night/test': {'dataset': 'd', 'split': 'test_night', 'count': 250}}, **out}
     md = render(report)
     assert '| oracle† |' in md and '| dann | 0.500 [0.490, 0.510]' in md and '(below source only)' in md
     assert '| source_only | 0.580' in md and 'source_only (below' not in md
+    assert 'BatchNorm policy (`source`' in md
+    assert '## Self-training diagnostics' in md and '| mean_teacher | 0.50 | 0.400 | 0.100 |' in md
+    assert '| dann | 0.' not in md.split('## Self-training diagnostics')[1].split('##')[0]
 
 
 def test_training_configs_never_read_a_test_split_and_extra_rows_are_source_only_plus_losses():

@@ -97,10 +97,19 @@ def _per_seed(config, deps, methods, seed, domain_names) -> dict:
             'frame_costs': e['frame_costs'], 'proxy_a_distance': e['proxy_a_distance'],
             'oracle_selected_AP50': selected.get('AP50', night if selected.get('same_as_last') else None),
             'oracle_selected_step': selected.get('step'), 'target_pr': e.get('target_pr'),
+            'pseudo_labels': _pseudo_labels(t.get('validation', {}), config.domains[target].validation),
         }
     R = [[ev(name)['test'][d]['AP50'] for d in domain_names]
          for name in ['burn_in'] + [f'sequential/{d}' for d in domain_names[1:]]] if config.sequential_steps else None
     return {'rows': rows, 'R': R}
+
+
+def _pseudo_labels(validation: dict, split: str):
+    """A self-training run's pseudo-label diagnostics on the target's validation split at its end (its
+    teacher's where it has one: the teacher makes the labels); None for another method."""
+    from adapt.evaluation.pseudo_labels import METRICS
+    metrics = validation.get(f'teacher/{split}', validation.get(split, {}))
+    return {k: metrics[k] for k in METRICS} if METRICS[0] in metrics else None
 
 
 def _train_size(config) -> str:
@@ -134,6 +143,8 @@ def combine(config, deps, methods, seeds, domain_names, boot) -> dict:
         for key in ('gap_closed', 'domain_gap', 'forgetting', 'adapt_minutes', 'adapt_gflops', 'proxy_a_distance',
                     'oracle_selected_AP50'):
             entry[key], entry[f'{key}_std'] = _mean_std([r[key] for r in rows])
+        pseudo = [r['pseudo_labels'] for r in rows if r['pseudo_labels']]
+        entry['pseudo_labels'] = {k: _mean_std([p[k] for p in pseudo])[0] for k in pseudo[0]} if pseudo else None
         out[m] = entry
     if not config.sequential_steps:
         return {'methods': out, 'transfer': None}

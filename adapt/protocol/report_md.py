@@ -85,6 +85,16 @@ def render(report) -> str:
                   [[_name(m, r), _f(r[f'test_{tgt}']['AP50']), _f(r['oracle_selected_AP50']),
                     r['oracle_selected_step'] if r['oracle_selected_step'] is not None else 'n/a']
                    for m, r in methods.items()]) + ['']
+    pseudo = {m: r['pseudo_labels'] for m, r in methods.items() if r.get('pseudo_labels')}
+    if pseudo:
+        out += ['## Self-training diagnostics', '',
+                f'What the self-training methods\' teachers would label on the {tgt} validation split at the end of '
+                'adaptation (mean over seeds): pseudo-boxes per image, and their precision and recall against the '
+                f'true boxes (IoU >= 0.5, same class). Measured at evaluation only; no training label of {tgt} is '
+                'read for it.', '']
+        out += _table(['method', 'pseudo-boxes per image', 'precision', 'recall'],
+                      [[_name(m, methods[m]), _f(p['pseudo_boxes_per_image'], 2), _f(p['pseudo_precision']),
+                        _f(p['pseudo_recall'])] for m, p in pseudo.items()]) + ['']
     t = report['transfer']
     out += ['## Feature gap and sequential transfer', '',
             f'Proxy A-distance of the deepest backbone features, {src} vs {tgt} test images (2 - 4 x the error of '
