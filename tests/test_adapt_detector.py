@@ -15,8 +15,8 @@ import jax.numpy as jnp
 
 
 def pull(ctx, *, scale=1.0):
-    """Pull the mean activation of the target's alignment-level features toward the source's."""
-    level = ctx.detector.alignment_level
+    """Pull the mean activation of the target's deepest alignment-level features toward the source's."""
+    level = ctx.detector.alignment_levels[-1]
     gap = jnp.mean(ctx.source_features[level]) - jnp.mean(ctx.target_features[level])
     return scale * gap ** 2, {'gap': gap}
 '''

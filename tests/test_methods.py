@@ -104,8 +104,9 @@ def test_one_device_equals_four_with_every_term_on():
                                               {'params': state.params['detector'], 'batch_stats': state.batch_stats},
                                               {'params': s1.params['detector'], 'batch_stats': s1.batch_stats}))
     assert set(s1.params['adaptation']) == {'dann_image', 'dann_instance'}
-    assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params['adaptation']),
-                                                         jax.tree.leaves(s1.params['adaptation'])))
+    moved = lambda term: [not np.array_equal(a, b) for a, b in zip(  # noqa: E731
+        jax.tree.leaves(state.params['adaptation'][term]), jax.tree.leaves(s1.params['adaptation'][term]))]
+    assert all(moved('dann_image')) and any(moved('dann_instance'))  # (a level no chosen anchor was on stays)
 
 
 def test_weight_zero_is_exactly_the_source_only_step(tmp_path, monkeypatch):
@@ -214,9 +215,9 @@ def test_dann_image_loss_by_hand():
     feats = lambda x: {'C4': jnp.asarray(x).reshape(2, 1, 1, 1)}  # noqa: E731
     kernel = np.zeros((3, 3, 1, 1), np.float32)
     kernel[1, 1, 0, 0] = 1.5
-    params = {'conv': {'kernel': jnp.asarray(kernel), 'bias': jnp.array([0.1])},
-              'logits': {'kernel': jnp.array([[[[-0.8]]]]), 'bias': jnp.array([0.3])}}
-    detector = types.SimpleNamespace(alignment_level='C4')
+    params = {'C4': {'conv': {'kernel': jnp.asarray(kernel), 'bias': jnp.array([0.1])},
+                     'logits': {'kernel': jnp.array([[[[-0.8]]]]), 'bias': jnp.array([0.3])}}}
+    detector = types.SimpleNamespace(alignment_levels=('C4',))
     loss, metrics = dann_image(_ctx(detector, feats(xs), feats(xt), progress=0.3), params, hidden=1, gamma=10.0)
     logit = lambda x: -0.8 * np.maximum(1.5 * x + 0.1, 0) + 0.3  # noqa: E731
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
@@ -236,7 +237,7 @@ def test_dann_image_loss_by_hand():
 def test_mmd_coral_and_entropy_terms_against_numpy():
     rng = np.random.default_rng(3)
     fs, ft = rng.normal(size=(6, 2, 3, 5)).astype(np.float32), rng.normal(1.0, 2.0, (6, 2, 3, 5)).astype(np.float32)
-    detector = types.SimpleNamespace(alignment_level='C4', score_kind='softmax')
+    detector = types.SimpleNamespace(alignment_levels=('C4',), score_kind='softmax')
     ctx = _ctx(detector, {'C4': jnp.asarray(fs)}, {'C4': jnp.asarray(ft)})
     pooled_s, pooled_t = fs.mean((1, 2)), ft.mean((1, 2))
     np.testing.assert_allclose(float(mmd(ctx)[0]), ref_mmd(pooled_s, pooled_t), rtol=2e-4)

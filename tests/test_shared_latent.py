@@ -21,7 +21,7 @@ def _config(unit_run, method='shared_latent', **shared_latent):
     """The tiny test preset (32 px) with the shared_latent detector (and method) on `unit_run`."""
     c = tiny_config(detector='shared_latent', method=method, num_steps=10)
     c.shared_latent.model.update(dict(extra_channels=(16,), aspect_ratios=((2.0,), (2.0,)), min_scale=0.2,
-                                      max_scale=0.8, instance_dim=8, instance_top_k=8))
+                                      max_scale=0.8, instance_top_k=8))
     c.shared_latent.postprocess.update(dict(max_detections=20, pre_nms_top_k=100))
     c.shared_latent.update(dict(unit_run=unit_run, **shared_latent))
     return c
@@ -54,7 +54,7 @@ def test_init_puts_the_unit_encoders_in_place_bit_identically(built):
         jax.tree.map(np.testing.assert_array_equal, encoder[part], generator.params[part])
     assert {'cls0', 'box0', 'cls1', 'box1'} <= set(variables['params'])
     assert set(variables['batch_stats']['features']) == {'extra0_bn0', 'extra0_bn1'}
-    assert detector.feature_levels == ('latent', 'extra0') and detector.alignment_level == 'latent'
+    assert detector.feature_levels == ('latent', 'extra0') and detector.alignment_levels == ('latent',)
 
 
 @pytest.mark.parametrize('target_inputs,night_names,day_names', [

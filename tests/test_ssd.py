@@ -1,11 +1,11 @@
-"""SSD: output layout against the anchors, instance features, decode + NMS of a planted perfect prediction."""
+"""SSD: output layout against the anchors, decode + NMS of a planted perfect prediction (instance features:
+tests/test_instance_alignment.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from adapt.evaluation import detections_to_results, evaluate_coco, ground_truth_from_arrays
-from adapt.models.dense import class_scores
 from adapt.models.families import build_detector
 from adapt.models.ssd import SSD, level_ratios
 from tests.tiny_config import RATIOS, tiny_config
@@ -41,8 +41,9 @@ def test_outputs_follow_the_anchor_order(backbone, head, size):
     c_out = num_classes + (head == 'softmax')
     assert anchors.shape == (sum(num), 4)
     assert out['cls_logits'].shape == (2, sum(num), c_out) and out['box_codes'].shape == (2, sum(num), 4)
-    assert list(features) == ['C3', 'C4', 'extra0', 'anchor_features']
-    assert features['anchor_features'].shape == (2, sum(num), 64)
+    assert list(features) == ['C3', 'C4', 'extra0', 'head_maps']  # no head convs: the predictors read the levels
+    for name, head_map in zip(['C3', 'C4', 'extra0'], features['head_maps']):
+        np.testing.assert_array_equal(head_map, features[name])
     offset = 0
     for k, ((h, w), per) in enumerate(zip(sizes, per_location)):
         raw_cls = np.asarray(state['intermediates'][f'cls{k}']['__call__'][0])  # [B, h, w, per * C']
@@ -86,26 +87,3 @@ def test_planted_perfect_prediction_decodes_to_the_ground_truth(detector_name):
     results = detections_to_results([1, 2], dets.boxes, dets.scores, dets.classes, sizes, sizes, mask=mask)
     summary = evaluate_coco(gt, results).summary()
     assert summary['AP50'] == pytest.approx(1.0) and summary['AP'] == pytest.approx(1.0)
-
-
-def test_instance_features_are_the_projected_features_at_the_top_scoring_anchors():
-    """Instances = anchor features (each level's 1x1 projection, repeated per box type) at the K anchors
-    of highest foreground probability, re-derived here from the raw outputs with NumPy."""
-    detector = build_detector(tiny_config(), num_classes=3)
-    variables = _random_variables(detector.init)
-    images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
-    outputs, features, _ = detector.apply(variables, images)
-    (raw_out, raw_feats) = detector.eval_model.apply(variables, images)
-    scores = np.asarray(class_scores(raw_out['cls_logits'], 'softmax')).max(-1)
-    top = np.argsort(-scores, axis=1, kind='stable')[:, :8]
-    anchor_features = np.asarray(raw_feats['anchor_features'])
-    for b in range(2):
-        np.testing.assert_allclose(np.asarray(features['instances'][b]), anchor_features[b, top[b]], rtol=1e-6)
-        np.testing.assert_allclose(np.asarray(features['instance_logits'][b]),
-                                   np.asarray(raw_out['cls_logits'])[b, top[b]], rtol=1e-6)
-    assert features['instance_mask'].shape == (2, 8) and bool(np.all(features['instance_mask']))
-    level = np.asarray(raw_feats['C3'])  # stride 8: 4x4 locations, 4 box types each (ratios (2,))
-    kernel = np.asarray(variables['params']['instance0']['kernel'])[0, 0]
-    bias = np.asarray(variables['params']['instance0']['bias'])
-    projected = level.reshape(2, 16, -1) @ kernel + bias
-    np.testing.assert_allclose(anchor_features[:, :64], np.repeat(projected, 4, axis=1), rtol=1e-4, atol=1e-5)

@@ -21,8 +21,7 @@ PRIORS = [[[0.1, 0.1], [0.2, 0.1], [0.15, 0.3]], [[0.4, 0.4], [0.6, 0.3], [0.8, 
 
 def yolo_config(size=32, anchors=PRIORS, **overrides):
     c = tiny_config(size=size, detector='yolo', **overrides)
-    c.yolo.model.update(dict(width=0.125, levels=('C3', 'C4'), anchors=anchors, neck_channels=16, instance_dim=8,
-                             instance_top_k=8))
+    c.yolo.model.update(dict(width=0.125, levels=('C3', 'C4'), anchors=anchors, neck_channels=16, instance_top_k=8))
     c.yolo.model.backbone_kwargs = RESNET10
     c.yolo.postprocess.update(dict(max_detections=20, pre_nms_top_k=100))
     return c
@@ -62,7 +61,7 @@ def test_kmeans_priors_equal_a_loop_reference():
         np.testing.assert_allclose(kmeans_priors(wh, k, seed=seed), _reference_kmeans(wh, k, seed), rtol=1e-12)
     # derive_priors: yxyx boxes -> (w, h), k = 3 per level, the smallest to the finest level
     boxes = np.concatenate([np.full((220, 2), 0.2), 0.2 + wh[:, ::-1]], axis=1)
-    anchors = derive_priors(yolo_config().yolo.model, boxes, (32, 32))['anchors']
+    anchors = derive_priors(yolo_config(), boxes, (32, 32))['anchors']
     np.testing.assert_allclose(np.concatenate(anchors), _reference_kmeans(wh, 6, 0), rtol=1e-6)
     assert [len(a) for a in anchors] == [3, 3]
     with pytest.raises(ValueError, match='at least 6 distinct'):
@@ -180,14 +179,16 @@ def test_loss_against_numpy(hand_case):
     assert metrics['positives_per_image'] == 2
 
 
-def test_instances_are_the_anchor_features_at_the_top_scores(detector):
-    """Instances at the K predictions of highest objectness x class probability; the generic sigmoid reader
-    (the instance logits, LwF's 'cls_logits') sees logit(that score) per class."""
+def test_instances_are_the_neck_maps_at_the_top_scores_cells(detector):
+    """Instances at the K predictions of highest objectness x class probability: the neck map the predictor
+    reads, at the prediction's cell (levels in order, cells row-major, 3 priors per cell), in its level's group;
+    the generic sigmoid reader (the instance logits, LwF's 'cls_logits') sees logit(that score) per class."""
     rng = np.random.default_rng(1)
     a = len(detector.grid.boxes)
     o, c = 3 * rng.normal(size=(2, a)), 3 * rng.normal(size=(2, a, 3))
     score = _sigmoid(o)[..., None] * _sigmoid(c)
-    maps = {'P3': np.zeros((2, 4, 4, 1)), 'anchor_features': rng.normal(size=(2, a, 8)).astype(np.float32)}
+    necks = [rng.normal(size=(2, 4, 4, 8)).astype(np.float32), rng.normal(size=(2, 2, 2, 8)).astype(np.float32)]
+    maps = {'P3': np.zeros((2, 4, 4, 1)), 'head_maps': necks}
 
     def instances(o, c, maps):
         outputs = {'cls_logits': score_logits(o, c)}
@@ -196,10 +197,17 @@ def test_instances_are_the_anchor_features_at_the_top_scores(detector):
     np.testing.assert_allclose(outputs['cls_logits'], np.log(score / (1 - score)), rtol=1e-5, atol=1e-5)
     top = np.argsort(-score.max(-1), axis=1, kind='stable')[:, :8]
     for b in range(2):
-        np.testing.assert_array_equal(features['instances'][b], maps['anchor_features'][b, top[b]])
+        for slot, index in enumerate(top[b]):
+            level, cell = (0, index // 3) if index < 48 else (1, (index - 48) // 3)
+            width = (4, 2)[level]
+            for group, name in enumerate(('P3', 'P4')):
+                got = features['instances'][name]
+                assert bool(got['mask'][b, slot]) == (group == level)
+                want = necks[level][b, cell // width, cell % width] if group == level else np.zeros(8)
+                np.testing.assert_array_equal(got['features'][b, slot], want)
         np.testing.assert_allclose(features['instance_logits'][b], outputs['cls_logits'][b, top[b]])
     assert set(features) == {'P3', 'instances', 'instance_logits', 'instance_mask'}
-    assert detector.feature_levels == ('C3', 'C4', 'P3', 'P4') and detector.alignment_level == 'C4'
+    assert detector.feature_levels == ('C3', 'C4', 'P3', 'P4') and detector.alignment_levels == ('C4',)
 
 
 # ------------------------------------------------------------------------------------------ decoding
@@ -285,7 +293,8 @@ def test_one_device_equals_four(config, one_device):
 
 def test_derived_priors_are_stored_and_a_loaded_run_rebuilds_the_detector(env, tmp_path):
     """What adapt.trainers.detection.train does before it trains: the None priors become k-means priors of the
-    source split's boxes, run.json stores them, and the run read back builds a detector with them."""
+    source split's boxes, then the alignment levels are chosen with them; run.json stores both, and the run read
+    back builds a detector with them."""
     import tensorflow_datasets as tfds
     from adapt.models.data_settings import split_boxes
     from adapt.models.families import with_data_settings
@@ -297,7 +306,8 @@ def test_derived_priors_are_stored_and_a_loaded_run_rebuilds_the_detector(env, t
     boxes = split_boxes(builder, 'train_day')
     lines = []
     filled = with_data_settings(config, builder, print_fn=lines.append)
-    assert config.yolo.model.anchors is None and lines == [f'yolo: anchors from {len(boxes)} boxes of train_day']
+    assert config.yolo.model.anchors is None
+    assert lines == [f'yolo: anchors, alignment_levels from {len(boxes)} boxes of train_day']
     want = kmeans_priors(box_shapes(boxes), 6)
     write_run(str(tmp_path), 'detector', filled, class_names=['a', 'b', 'c'])
     stored = json.load(open(tmp_path / 'run.json'))['config']['yolo']['model']['anchors']
@@ -305,6 +315,8 @@ def test_derived_priors_are_stored_and_a_loaded_run_rebuilds_the_detector(env, t
     detector = run_detector(Run(str(tmp_path), read_run(str(tmp_path), 'detector'), 0, {}))
     np.testing.assert_allclose(np.concatenate(detector.grid.priors), want, rtol=1e-12)
     np.testing.assert_allclose(detector.grid.boxes[:3, 2:] - detector.grid.boxes[:3, :2], want[:3, ::-1], rtol=1e-5)
+    levels = json.load(open(tmp_path / 'run.json'))['config']['yolo']['model']['alignment_levels']
+    assert set(levels) <= {'P3', 'P4'} and detector.alignment_levels == tuple(levels)  # chosen on the priors
     unresolved = build_detector(config, 3)  # what the scripts build to check a preset before the run starts
     with pytest.raises(ValueError, match='anchors is None'):
         unresolved.grid.boxes

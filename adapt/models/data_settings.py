@@ -1,6 +1,7 @@
 """Detector settings derived from the labelled source data (YOLO's k-means priors, Faster R-CNN's quick
-anchor sizes): what a family declares, and the source boxes they are derived from. adapt.models.families
-registers each family's declaration and fills a config's missing settings before a run starts.
+anchor sizes, a dense family's alignment levels): what a family declares, and the source boxes they are derived
+from. adapt.models.families registers each family's declarations and fills a config's missing settings before a
+run starts.
 """
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
-    """`keys` of the family's `model` block filled when None; `derive(model_block, boxes, image_size)`
-    -> {key: value} with `boxes` [N, 4] the normalised yxyx boxes of every object of the split and
-    `image_size` (h, w) the detector's input size. Values must be JSON-friendly (lists, floats)."""
+    """`keys` of the family's `model` block filled when None; `derive(config, boxes, image_size)` -> {key: value}
+    with `config` the run's config (its family's block `config[settings_family(config)]`, holding the settings
+    the family's earlier declarations derived), `boxes` [N, 4] the normalised yxyx boxes of every object of the
+    split and `image_size` (h, w) the detector's input size. Values must be JSON-friendly (lists, floats).
+    `inherit`: a run continuing another of its family (`init_run`) takes the value stored there, because its
+    weights were trained with it (priors, anchor sizes); False: derived from this run's own source boxes
+    (what describes the data, not the weights)."""
     keys: tuple
     derive: Callable
+    inherit: bool = True
 
 
 def split_boxes(builder, split: str) -> np.ndarray:

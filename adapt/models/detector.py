@@ -12,9 +12,15 @@ train step, the evaluator, inference and the frozen-feature code use only this i
       labels: in the training pass of a labelled batch, its {'boxes', 'labels', 'mask'}, for a family
         whose forward pass uses the ground truth (Faster R-CNN adds the true boxes to its proposals);
         None on unlabelled and evaluation passes, which every family must support;
-      features: named feature maps of the backbone and neck [B, h, w, c] (`feature_levels`, in order),
-        'instances' [B, K, D] with 'instance_mask' [B, K] (per-object features: top-K anchors, RoIs) and
-        'instance_logits' [B, K, C'] (class logits there; `score_kind` says softmax or sigmoid);
+      features: named feature maps of the backbone and neck [B, h, w, c] (`feature_levels`, in order), and
+        the K instances (per-object features: the top-K anchors of a dense family, the RoIs of Faster R-CNN):
+          'instance_logits' [B, K, C'] (their class logits; `score_kind` says softmax or sigmoid) and
+            'instance_mask' [B, K] (the valid ones);
+          'instances' {group: {'features': [B, K, D_group], 'mask': [B, K]}}: their features by group, a group
+            being one feature space (one domain classifier each): a dense family has one group per head level
+            (named after it; D_group its channels), Faster R-CNN the one group 'roi' (the RoI head's hidden
+            features). Slot k of a group holds instance k when its mask is set there (zeros elsewhere); each
+            valid instance is in exactly one group;
       batch_stats: the new BatchNorm statistics (averaged over `axis_name` when training in a step).
   loss(outputs, batch, axis_name, key) -> (scalar, metrics): the supervised loss on a labelled batch
       {'boxes', 'labels', 'mask'} (targets and matching inside); normalisers are averaged over
@@ -36,6 +42,12 @@ train step, the evaluator, inference and the frozen-feature code use only this i
   reference_postprocess(outputs) -> Detections or None: what `postprocess` must equal, by the plain path
       (a family whose postprocess is a faster equivalent: experiments/benchmark.py checks it on a trained
       run's outputs); default None: `postprocess` is itself the plain path.
+  alignment_levels: the feature maps image-level alignment losses use when their hyper-parameters name none
+      (a dense family: the fewest head levels holding 80 % of the source's positive anchors, derived before its
+      run starts and stored in run.json: adapt.models.alignment_levels).
+  from_saved(variables) -> variables: variables saved by an earlier version of the family, fitted to this one
+      (init_run reads them so; evaluation applies saved variables as they are, flax reading only the
+      parameters a module has); default: as they are.
 """
 from __future__ import annotations
 
@@ -53,7 +65,7 @@ class Detector(abc.ABC):
     image_size: tuple
     score_kind: str          # 'softmax' (background column 0) or 'sigmoid'
     feature_levels: tuple    # names of the feature maps in `apply`'s features, shallow to deep
-    alignment_level: str     # the map image-level alignment losses use by default
+    alignment_levels: tuple  # the maps image-level alignment losses use by default
 
     @abc.abstractmethod
     def init(self, key): ...
@@ -85,3 +97,6 @@ class Detector(abc.ABC):
 
     def reference_postprocess(self, outputs):
         return None
+
+    def from_saved(self, variables):
+        return variables

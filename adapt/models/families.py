@@ -7,12 +7,14 @@ family `config.detector` from its block `config[config.detector]`. Two families 
 `generator` that `generator_source` names, which `adapt.run_models.build_detector` loads from disk (models
 never read the run store themselves).
 
-Data-derived settings (YOLO's k-means priors, Faster R-CNN's anchor sizes): a family declares which keys
-of its `model` block may be left None in a preset and how to derive them from the source training boxes
-(`adapt.models.data_settings.DataSettings`). `with_data_settings` fills them before a run starts: from
-`init_config` (the config of the run it continues) when that run is of the same family, so an adapted
-model keeps the priors its weights were trained with, else from the boxes of `config.train_split`. The
-filled config is what run.json stores, so a loaded run rebuilds the same detector without the data.
+Data-derived settings (YOLO's k-means priors, Faster R-CNN's anchor sizes, the dense families' alignment
+levels: adapt.models.alignment_levels): a family declares which keys of its `model` block may be left None in
+a preset and how to derive them from the source training boxes (`adapt.models.data_settings.DataSettings`, in
+order: a later declaration reads what an earlier one derived). `with_data_settings` fills them before a run
+starts: an inherited setting from `init_config` (the config of the run it continues) when that run is of the
+same family and stored it, so an adapted model keeps the priors its weights were trained with, every other
+from the boxes of `config.train_split`. The filled config is what run.json stores, so a loaded run rebuilds
+the same detector without the data.
 """
 from __future__ import annotations
 
@@ -21,25 +23,28 @@ import functools
 import numpy as np
 
 from adapt.models import faster_rcnn_detector, shared_latent, ssd, translated, yolo_detector
+from adapt.models.alignment_levels import derive_alignment_levels
 from adapt.models.data_settings import DataSettings, settings_family, split_boxes
 from adapt.models.detector import DETECTORS, Detector
 from adapt.training.config import image_size
 
-DATA_SETTINGS: dict = {}  # family -> DataSettings
+DATA_SETTINGS: dict = {}  # family -> (DataSettings, ...) in the order they are derived
+ALIGNMENT_LEVELS = DataSettings(('alignment_levels',), derive_alignment_levels, inherit=False)
 
 
-def register_family(name: str, build, data_settings: DataSettings | None = None) -> None:
+def register_family(name: str, build, data_settings: tuple = ()) -> None:
     DETECTORS.register(name)(build)
-    if data_settings is not None:
-        DATA_SETTINGS[name] = data_settings
+    if data_settings:
+        DATA_SETTINGS[name] = tuple(data_settings)
 
 
-register_family('ssd', functools.partial(ssd.build, 'ssd'))
-register_family('retinanet', functools.partial(ssd.build, 'retinanet'))
-register_family('shared_latent', shared_latent.build)
-register_family('yolo', yolo_detector.build, DataSettings(('anchors',), yolo_detector.derive_priors))
+register_family('ssd', functools.partial(ssd.build, 'ssd'), (ALIGNMENT_LEVELS,))
+register_family('retinanet', functools.partial(ssd.build, 'retinanet'), (ALIGNMENT_LEVELS,))
+register_family('shared_latent', shared_latent.build)  # building it needs the UNIT run: no derived setting
+register_family('yolo', yolo_detector.build,
+                (DataSettings(('anchors',), yolo_detector.derive_priors), ALIGNMENT_LEVELS))
 register_family('faster_rcnn', faster_rcnn_detector.build,
-                DataSettings(('anchor_sizes',), faster_rcnn_detector.derive_anchor_sizes))
+                (DataSettings(('anchor_sizes',), faster_rcnn_detector.derive_anchor_sizes),))
 register_family('translated', translated.build)
 
 
@@ -72,26 +77,26 @@ def build_detector(config, num_classes: int, generator=None) -> Detector:
 
 
 def missing_settings(config) -> list:
-    """The data-derived keys of the config's family still None."""
-    spec = DATA_SETTINGS.get(settings_family(config))
-    if spec is None:
-        return []
+    """The data-derived keys of the config's family still None (or absent: a run.json written before)."""
     model = config[settings_family(config)].get('model', {})
-    return [k for k in spec.keys if model.get(k) is None]
+    return [k for spec in DATA_SETTINGS.get(settings_family(config), ()) for k in spec.keys if model.get(k) is None]
 
 
 def with_data_settings(config, source_builder, init_config=None, print_fn=print):
     """`config` with its family's data-derived settings filled (a copy; `config` itself when none is
-    missing): from `init_config` (the run.json config of `config.init_run`) when it is a run of the same
-    family, else from the boxes of the source's `train_split`. ValueError (one line) when that split has no
-    boxes."""
-    missing = missing_settings(config)
-    if not missing:
+    missing): the inherited ones from `init_config` (the run.json config of `config.init_run`) when it is a run
+    of the same family that stored them, the others from the boxes of the source's `train_split`. ValueError
+    (one line) when that split has no boxes."""
+    family, missing = settings_family(config), missing_settings(config)
+    if missing and init_config is not None and init_config.get('detector') == family:
+        stored = init_config[family]['model']
+        inherited = {k: stored[k] for spec in DATA_SETTINGS[family] if spec.inherit for k in spec.keys
+                     if k in missing and stored.get(k) is not None}
+        if inherited:
+            print_fn(f'{family}: {", ".join(inherited)} from init_run {config.init_run}')
+            config = _filled(config, inherited)
+    if not missing_settings(config):
         return config
-    family = settings_family(config)
-    if init_config is not None and init_config.get('detector') == family:
-        print_fn(f'{family}: {", ".join(missing)} from init_run {config.init_run}')
-        return _filled(config, {k: init_config[family]['model'][k] for k in missing})
     return with_box_settings(config, split_boxes(source_builder, config.train_split), config.train_split, print_fn)
 
 
@@ -104,10 +109,14 @@ def with_box_settings(config, boxes, origin: str, print_fn=print):
     family = settings_family(config)
     if not len(boxes):
         raise ValueError(f'{family}: {origin} has no boxes to derive {", ".join(missing)} from')
-    derived = DATA_SETTINGS[family].derive(config[family].model, np.asarray(boxes, np.float32),
-                                           tuple(image_size(config)))
+    boxes = np.asarray(boxes, np.float32)
+    for spec in DATA_SETTINGS[family]:
+        keys = [k for k in spec.keys if k in missing]
+        if keys:
+            derived = spec.derive(config, boxes, tuple(image_size(config)))
+            config = _filled(config, {k: derived[k] for k in keys})
     print_fn(f'{family}: {", ".join(missing)} from {len(boxes)} boxes of {origin}')
-    return _filled(config, {k: derived[k] for k in missing})
+    return config
 
 
 def with_frozen_bn(config):

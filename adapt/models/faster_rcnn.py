@@ -13,8 +13,9 @@ at 'features/fpn').
     plus max_boxes when `labels` are given: the true boxes are appended to the proposals in a labelled
     training pass (torchvision, Detectron2), so the RoI head sees positives from the first step;
   features: the backbone levels ('C3', ...), the FPN levels ('P3', ...; 'P6' for the pooled extra level), and
-    'instances' [B, K, D] (the RoI head's hidden features of the K best proposals, which carry their
-    gradient), 'instance_logits' [B, K, C + 1] and 'instance_mask' [B, K] (DA-Faster's instance level).
+    'instances' {'roi': {'features': [B, K, D], 'mask': [B, K]}} (one group: the RoI head's hidden features of
+    the K best proposals, which carry their gradient), 'instance_logits' [B, K, C + 1] and 'instance_mask'
+    [B, K] (DA-Faster's instance level; the layout: adapt.models.detector).
 
 The loss: adapt.models.faster_rcnn_loss; the family behind the detector interface and its config:
 adapt.models.faster_rcnn_detector.
@@ -182,7 +183,8 @@ class FasterRCNN(BackboneModel):
         if self.fpn:
             features.update({name: m.astype(jnp.float32) for name, m in zip(self.rpn_levels, maps)})
         k = self.instance_top_k
-        features.update({'instances': hidden[:, :k], 'instance_logits': logits[:, :k], 'instance_mask': valid[:, :k]})
+        features.update({'instances': {'roi': {'features': hidden[:, :k], 'mask': valid[:, :k]}},
+                         'instance_logits': logits[:, :k], 'instance_mask': valid[:, :k]})
         return outputs, features
 
     def roi_features(self, maps, boxes, image_size):

@@ -38,7 +38,8 @@ def postprocess(outputs, score_threshold=0.05, iou_threshold=0.5, max_detections
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FasterRCNNDetector(BackboneDetector):
-    """Faster R-CNN behind the detector interface (adapt.models.dense: its instances are the RoI head's own);
+    """Faster R-CNN behind the detector interface (adapt.models.dense: its instances are the RoI head's own, one
+    group; image-level alignment on its deepest backbone level unless a loss names others);
     `anchors` [A, 4] for `image_size` (None while the anchor sizes are unset)."""
     anchors: Optional[np.ndarray]
     rpn_sampling: dict
@@ -132,9 +133,10 @@ def build(config, num_classes, image_size, axis_name='data'):
                               sampling(rpn), sampling(roi), section(block, 'loss'), section(block, 'postprocess'))
 
 
-def derive_anchor_sizes(model, boxes, image_size):
+def derive_anchor_sizes(config, boxes, image_size):
     """Anchor sides (input pixels) at evenly spaced quantiles of the training boxes' sqrt(area): one per RPN
     level with the FPN (smallest on the finest), three at the one level without."""
+    model = config[FAMILY].model
     levels = len(model['levels']) + bool(model.get('pool_level', False)) if model.get('fpn', True) else 3
     height, width = image_size
     sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * height * (boxes[:, 3] - boxes[:, 1]) * width)

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from adapt.models.dense import model_fields
+from adapt.models.dense import DENSE_SETTINGS, model_fields
 from adapt.models.features import extra_layers
 from adapt.models.ssd import SSD, VARIANTS, SSDDetector, detector_settings
 from adapt.models.unit import UNIT, Generator, UNITConfig, to_model
@@ -92,6 +92,7 @@ class SharedLatentDetector(SSDDetector):
     routes: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        super().__post_init__()
         self.routes.setdefault(self.model.domain, self)
 
     def for_input(self, name):
@@ -129,7 +130,7 @@ def build(config, num_classes, image_size, generator: Generator, axis_name='data
         raise ValueError(f'shared_latent.variant {block.variant!r}; valid choices: {", ".join(VARIANTS)}')
     model = SharedLatentSSD(num_classes=num_classes, head=VARIANTS[block.variant]['head'], axis_name=axis_name,
                             unit=generator.config, train_encoder=bool(block.train_encoder),
-                            **model_fields(block.model, drop=('instance_top_k',)))
+                            **model_fields(block.model, drop=DENSE_SETTINGS))
     return SharedLatentDetector('shared_latent', num_classes, image_size, model, model.clone(axis_name=None),
                                 model.anchors(image_size), **detector_settings(block.variant, block),
                                 generator_params=generator.params, target_inputs=input_words(block.target_inputs))

@@ -11,8 +11,9 @@ the softmax head (SSD), num_classes for the sigmoid head (the RetinaNet-style fo
              matcher IoU 0.5 (every ground truth also keeps its best anchor);
   retinanet: sigmoid head (bias at prior 0.01), focal loss (alpha 0.25, gamma 2) on all anchors but an
              ignore band of IoU 0.4-0.5 (RetinaNet's matcher), normalised by the positives.
-Instance features (for instance-level alignment) are a learned 1x1 projection of each level to
-`instance_dim` channels, read at the `instance_top_k` anchors of highest foreground score.
+Instance features (for instance-level alignment) are the maps the class predictors read ('head_maps': each
+level's map after its `head_convs`), read at the `instance_top_k` anchors of highest foreground score
+(adapt.models.dense), so alignment acts on the features the heads see.
 """
 import dataclasses
 from typing import Any, Sequence
@@ -26,7 +27,7 @@ from jax import lax
 from adapt.anchors import ssd_default_boxes
 from adapt.losses.detection import ssd_loss
 from adapt.matching import IGNORE_KEYS, assign_targets, near_ignored, negative_threshold
-from adapt.models.dense import DenseDetector, class_scores, model_fields
+from adapt.models.dense import DENSE_SETTINGS, DenseDetector, class_scores, dense_settings, model_fields
 from adapt.models.features import BackboneModel
 from adapt.models.layers import conv_init
 from adapt.postprocess import BOX_WEIGHTS, decode_and_nms, plain_decode_and_nms
@@ -54,7 +55,6 @@ class SSD(BackboneModel):
       aspect_ratios, min_scale, max_scale: the default boxes (see `ssd_default_boxes`).
       head: 'softmax' (SSD, background column 0) or 'sigmoid' (focal loss; biases start at prior_prob).
       head_convs: 3x3 conv + ReLU layers before each level's predictors (0 = SSD's single conv).
-      instance_dim: channels of the per-anchor instance features (a 1x1 projection of each level).
     """
     extra_channels: Sequence[int] = (256, 256)
     aspect_ratios: Any = None
@@ -63,12 +63,16 @@ class SSD(BackboneModel):
     head: str = 'softmax'
     head_convs: int = 0
     prior_prob: float = 0.01
-    instance_dim: int = 64
 
     @property
     def level_names(self):
         """Names of the feature maps that get heads: the backbone levels, then 'extra0', 'extra1', ..."""
         return tuple(self.levels) + tuple(f'extra{i}' for i in range(len(self.extra_channels)))
+
+    @property
+    def boxes_per_location(self):
+        """Default boxes at each location of each level (two squares and two per aspect ratio)."""
+        return tuple(2 + 2 * len(r) for r in level_ratios(self.aspect_ratios, len(self.level_names)))
 
     @property
     def num_outputs(self):
@@ -88,20 +92,18 @@ class SSD(BackboneModel):
 
     @nn.compact
     def __call__(self, images, train=False):
-        """-> (outputs {'cls_logits', 'box_codes'}, features {level name: map, 'anchor_features': [B, A, D]})."""
+        """-> (outputs {'cls_logits', 'box_codes'}, features {level name: map, 'head_maps': [the map each level's
+        predictors read]})."""
         if self.head not in HEADS:
             raise ValueError(f'head {self.head!r}; valid choices: {", ".join(HEADS)}')
         maps = self.feature_module(name='features')(images, train)
-        ratios = level_ratios(self.aspect_ratios, len(maps))
         bias = -np.log((1 - self.prior_prob) / self.prior_prob) if self.head == 'sigmoid' else 0.0
-        cls_out, box_out, inst_out = [], [], []
-        for k, (x, r) in enumerate(zip(maps, ratios)):
-            boxes_here = 2 + 2 * len(r)
-            inst = nn.Conv(self.instance_dim, (1, 1), dtype=self.dtype, name=f'instance{k}')(x)
-            inst_out.append(jnp.repeat(inst.reshape(inst.shape[0], -1, self.instance_dim), boxes_here, axis=1))
+        cls_out, box_out, head_maps = [], [], []
+        for k, (x, boxes_here) in enumerate(zip(maps, self.boxes_per_location)):
             for j in range(self.head_convs):
                 x = nn.relu(nn.Conv(x.shape[-1], (3, 3), kernel_init=conv_init, dtype=self.dtype,
                                     name=f'head{k}_conv{j}')(x))
+            head_maps.append(x.astype(jnp.float32))
             c = nn.Conv(boxes_here * self.num_outputs, (3, 3), dtype=self.dtype, name=f'cls{k}',
                         kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.constant(bias))(x)
             b = nn.Conv(boxes_here * 4, (3, 3), dtype=self.dtype, name=f'box{k}',
@@ -111,7 +113,7 @@ class SSD(BackboneModel):
         outputs = {'cls_logits': jnp.concatenate(cls_out, 1).astype(jnp.float32),
                    'box_codes': jnp.concatenate(box_out, 1).astype(jnp.float32)}
         features = {name: m.astype(jnp.float32) for name, m in zip(self.level_names, maps)}
-        features['anchor_features'] = jnp.concatenate(inst_out, 1).astype(jnp.float32)
+        features['head_maps'] = head_maps
         return outputs, features
 
 
@@ -148,6 +150,14 @@ class SSDDetector(DenseDetector):
     def feature_levels(self):
         return self.model.level_names
 
+    @property
+    def head_levels(self):
+        return tuple(zip(self.model.level_names, self.model.feature_sizes(self.image_size),
+                         self.model.boxes_per_location))
+
+    def positives(self, batch):
+        return self.targets(batch)['positive']
+
     def targets(self, batch):
         """assign_targets over a batch {'boxes' [B, M, 4], 'labels', 'mask'} -> dict of [B, A, ...]; with
         ignore regions (a pseudo-labelled batch), the negatives near them are not negatives."""
@@ -182,23 +192,22 @@ class SSDDetector(DenseDetector):
 
 
 def detector_settings(variant, block) -> dict:
-    """SSDDetector's matcher, loss, post-processing and instance settings of `variant` from a family block
-    (shared by every family with SSD's head)."""
+    """SSDDetector's matcher, loss, post-processing, instance and alignment settings of `variant` from a family
+    block (shared by every family with SSD's head)."""
     defaults = VARIANTS[variant]
     matcher = {'matched_threshold': defaults['matched_threshold'],
                'unmatched_threshold': defaults['unmatched_threshold'],
                **{k: v for k, v in dict(block.matcher).items() if v is not None}}
     return dict(matcher=matcher, loss_settings=dict(classification=defaults['classification'], **dict(block.loss)),
-                postprocess_settings=dict(block.postprocess),
-                instance_top_k=int(block.model.get('instance_top_k', 64)))
+                postprocess_settings=dict(block.postprocess), **dense_settings(block.model))
 
 
 def build(variant, config, num_classes, image_size, axis_name='data'):
     """The `variant` ('ssd' | 'retinanet') for `image_size` (h, w) images from `config[variant]`: blocks `model`
-    (SSD fields, plus `instance_top_k`), `matcher` (assign_targets arguments; None thresholds take the
+    (SSD fields, plus `instance_top_k` and `alignment_levels`: adapt.models.dense), `matcher` (assign_targets arguments; None thresholds take the
     variant's), `loss` (ssd_loss hparams) and `postprocess` (see `postprocess`)."""
     block = config[variant]
     model = SSD(num_classes=num_classes, head=VARIANTS[variant]['head'], axis_name=axis_name,
-                **model_fields(block.model, drop=('instance_top_k',)))
+                **model_fields(block.model, drop=DENSE_SETTINGS))
     return SSDDetector(variant, num_classes, image_size, model, model.clone(axis_name=None),
                        model.anchors(image_size), **detector_settings(variant, block))

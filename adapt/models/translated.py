@@ -46,8 +46,8 @@ class TranslatedDetector(Detector):
         return self.inner.feature_levels
 
     @property
-    def alignment_level(self):
-        return self.inner.alignment_level
+    def alignment_levels(self):
+        return self.inner.alignment_levels
 
     @property
     def frozen_params(self):
@@ -76,6 +76,9 @@ class TranslatedDetector(Detector):
 
     def with_backbone(self, variables, collection, tree):
         return self.inner.with_backbone(variables, collection, tree)
+
+    def from_saved(self, variables):
+        return self.inner.from_saved(variables)
 
     def for_input(self, name):
         inner = self.inner.for_input(name)

@@ -13,8 +13,8 @@ adapt.models.yolo_grid) and post-processing is `adapt.postprocess.decode_and_nms
 Network: the backbone levels (adapt.models.features without extra layers: the backbone sits at
 'features/backbone' as in SSD), a YOLOv3 / FPN top-down neck (per level, deepest first: 1x1 lateral conv,
 concatenated with the deeper level's output upsampled x2 (nearest, no transposed conv), 3x3 conv; each
-conv + BatchNorm + leaky ReLU 0.1), and a 1x1 predictor per level. Instance features are a 1x1
-projection of each neck map.
+conv + BatchNorm + leaky ReLU 0.1), and a 1x1 predictor per level. Instance features are the neck maps the
+predictors read ('head_maps'), at the best predictions' cells (adapt.models.dense).
 
 Priors: `config.yolo.model.anchors`, one list of normalised (width, height) pairs per level. Left None,
 the trainer derives them from the source training boxes (YOLOv2's k-means, `adapt.priors`, sorted by area,
@@ -43,12 +43,10 @@ class YOLO(BackboneModel):
       levels: backbone maps that get a head.
       neck_channels: channels of the neck and of the maps the predictors read.
       prior_prob: objectness probability the predictors start at (bias init; RetinaNet's 0.01).
-      instance_dim: channels of the per-prediction instance features.
     """
     priors_per_level: Sequence[int] = (3, 3, 3)
     neck_channels: int = 64
     prior_prob: float = 0.01
-    instance_dim: int = 64
 
     @property
     def neck_names(self):
@@ -64,7 +62,7 @@ class YOLO(BackboneModel):
 
     @nn.compact
     def __call__(self, images, train=False):
-        """-> (outputs, features {backbone level: map, neck map: map, 'anchor_features': [B, A, D]})."""
+        """-> (outputs, features {backbone level: map, neck map: map, 'head_maps': [the neck maps]})."""
         maps = self.feature_module(name='features')(images, train)
         necks, deeper = [None] * len(maps), None
         for k in reversed(range(len(maps))):
@@ -75,10 +73,8 @@ class YOLO(BackboneModel):
         logit = float(np.log(self.prior_prob / (1 - self.prior_prob)))
         per_prior_bias = np.zeros(5 + self.num_classes, np.float32)
         per_prior_bias[0] = logit  # [objectness, t_y, t_x, t_h, t_w, classes...] per prior
-        raw, inst_out = [], []
+        raw = []
         for k, (x, count) in enumerate(zip(necks, self.priors_per_level)):
-            inst = nn.Conv(self.instance_dim, (1, 1), dtype=self.dtype, name=f'instance{k}')(x)
-            inst_out.append(jnp.repeat(inst.reshape(inst.shape[0], -1, self.instance_dim), count, axis=1))
             bias = np.tile(per_prior_bias, count)
             y = nn.Conv(count * (5 + self.num_classes), (1, 1), dtype=self.dtype, name=f'head{k}',
                         kernel_init=nn.initializers.normal(0.01),
@@ -90,7 +86,7 @@ class YOLO(BackboneModel):
                    'cls_logits': score_logits(objectness, class_logits)}
         features = {name: m.astype(jnp.float32) for name, m in zip(self.levels, maps)}
         features.update({name: m.astype(jnp.float32) for name, m in zip(self.neck_names, necks)})
-        features['anchor_features'] = jnp.concatenate(inst_out, 1).astype(jnp.float32)
+        features['head_maps'] = [features[name] for name in self.neck_names]
         return outputs, features
 
 

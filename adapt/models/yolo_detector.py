@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from adapt.models.dense import DenseDetector, model_fields
+from adapt.models.dense import DENSE_SETTINGS, DenseDetector, dense_settings, model_fields
 from adapt.models.yolo import YOLO
 from adapt.models.yolo_grid import UNIT_WEIGHTS, Grid
 from adapt.models.yolo_loss import assign, best_overlap, yolo_loss
@@ -28,8 +28,8 @@ def class_scores(outputs):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class YOLODetector(DenseDetector):
-    """YOLO behind the detector interface (adapt.models.dense: a sigmoid 'cls_logits' and 'anchor_features', as
-    SSD's); `grid` the layout and priors for `image_size`."""
+    """YOLO behind the detector interface (adapt.models.dense: a sigmoid 'cls_logits' and 'head_maps', as SSD's);
+    `grid` the layout and priors for `image_size`."""
     grid: Grid
     loss_settings: dict
     postprocess_settings: dict
@@ -41,6 +41,13 @@ class YOLODetector(DenseDetector):
     @property
     def feature_levels(self):
         return tuple(self.model.levels) + self.model.neck_names
+
+    @property
+    def head_levels(self):
+        return tuple(zip(self.model.neck_names, self.grid.sizes, self.model.priors_per_level))
+
+    def positives(self, batch):
+        return self.targets(batch)['responsible']
 
     def targets(self, batch):
         """`assign` over a batch {'boxes' [B, M, 4], 'labels', 'mask'} -> dict of [B, A, ...]."""
@@ -80,10 +87,12 @@ class YOLODetector(DenseDetector):
 LOSS_DEFAULTS = dict(ignore_threshold=0.5, obj_weight=1.0, noobj_weight=1.0, cls_weight=1.0, box_weight=1.0)
 
 
-def derive_priors(model, boxes, image_size):
-    """{'anchors': `priors_per_level` k-means priors per level (seed `kmeans_seed`), smallest first}. The
-    normalised shapes suffice: IoU does not change when an axis is scaled, so neither do the clusters."""
+def derive_priors(config, boxes, image_size):
+    """{'anchors': `priors_per_level` k-means priors per level (seed `kmeans_seed`) of `config.yolo.model`,
+    smallest first}. The normalised shapes suffice: IoU does not change when an axis is scaled, so neither do
+    the clusters."""
     del image_size
+    model = config.yolo.model
     counts = [int(model.priors_per_level)] * len(model.levels)
     priors = kmeans_priors(box_shapes(boxes), sum(counts), seed=int(model.get('kmeans_seed', 0)))
     return {'anchors': split_levels(priors, counts)}
@@ -106,11 +115,11 @@ def level_priors(anchors, levels) -> Optional[tuple]:
 def build(config, num_classes, image_size, axis_name='data'):
     """The yolo family for `image_size` (h, w) images from `config.yolo`: blocks `model` (YOLO fields; `anchors`
     per level, or None to derive `priors_per_level` per level with k-means seeded by `kmeans_seed`;
-    `instance_top_k`), `loss` (LOSS_DEFAULTS's keys) and `postprocess` (decode_and_nms settings). With `anchors`
+    `instance_top_k` and `alignment_levels`: adapt.models.dense), `loss` (LOSS_DEFAULTS's keys) and `postprocess` (decode_and_nms settings). With `anchors`
     None the detector builds (the scripts check a preset before the trainer derives them) but its loss and
     post-processing raise."""
     block = config.yolo
-    fields = model_fields(block.model, drop=('anchors', 'priors_per_level', 'kmeans_seed', 'instance_top_k'))
+    fields = model_fields(block.model, drop=('anchors', 'priors_per_level', 'kmeans_seed', *DENSE_SETTINGS))
     priors = level_priors(block.model.anchors, fields['levels'])
     per_level = [int(block.model.get('priors_per_level', 3))] * len(fields['levels'])
     loss = checked(block.loss, LOSS_DEFAULTS, 'yolo.loss')
@@ -118,5 +127,4 @@ def build(config, num_classes, image_size, axis_name='data'):
                  axis_name=axis_name, **fields)
     grid = Grid(tuple(model.feature_sizes(image_size)), priors)
     return YOLODetector('yolo', num_classes, image_size, model, model.clone(axis_name=None), grid,
-                        {**LOSS_DEFAULTS, **loss}, dict(block.postprocess),
-                        instance_top_k=int(block.model.get('instance_top_k', 64)))
+                        {**LOSS_DEFAULTS, **loss}, dict(block.postprocess), **dense_settings(block.model))

@@ -104,7 +104,9 @@ def _check_same_tree(what, fresh, loaded):
 
 def initial_variables(config, detector, reinit=''):
     """Fresh variables, with the Keras backbone of `init_from` or every weight of `init_run` when set;
-    those whose 'detector/<path>' matches `reinit` stay fresh (a new head on a loaded backbone)."""
+    those whose 'detector/<path>' matches `reinit` stay fresh (a new head on a loaded backbone). `init_run`'s
+    variables go through `detector.from_saved` first: a run made by an earlier version of the family (a dense
+    family's burn-in with the instance projections removed since) continues with what the family has now."""
     # An 'rbg' key: the same numbers on every run, and the init program compiles ~3x faster on CPU than
     # with threefry (one RngBitGenerator op per initializer instead of an unrolled hash).
     key = jax.random.key(config.seed, impl='rbg')
@@ -114,8 +116,8 @@ def initial_variables(config, detector, reinit=''):
         detector.init(key))
     fresh = {'params': fresh['params'], 'batch_stats': fresh.get('batch_stats', {})}
     if loaded is not None:
+        loaded = jax.tree.map(np.asarray, detector.from_saved(loaded))
         _check_same_tree(f'init_run {config.init_run}', fresh, loaded)
-        loaded = jax.tree.map(np.asarray, loaded)
         return reinitialised(loaded, fresh, reinit) if reinit else loaded
     variables = fresh
     if config.get('init_from'):

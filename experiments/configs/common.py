@@ -12,8 +12,9 @@ def ssd_block():
     return ml_collections.ConfigDict(dict(
         model=dict(backbone='resnet18', width=0.25, levels=('C2', 'C3', 'C4'), extra_channels=(64,),
                    aspect_ratios=((2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,)), min_scale=0.04, max_scale=0.25,
-                   head_convs=0, frozen_bn=False, backbone_kwargs={}, dtype='float32',
-                   instance_dim=64, instance_top_k=64),
+                   head_convs=0, frozen_bn=False, backbone_kwargs={}, dtype='float32', instance_top_k=64,
+                   # None: derived from the source boxes before the run starts (adapt.models.alignment_levels)
+                   alignment_levels=ml_collections.FieldReference(None, field_type=tuple)),
         # Matcher thresholds: None = the variant's (ssd 0.5/0.5, retinanet 0.5/0.4).
         matcher=dict(allow_low_quality=True,
                      matched_threshold=ml_collections.FieldReference(None, field_type=float),
@@ -48,7 +49,8 @@ def yolo_block():
     return ml_collections.ConfigDict(dict(
         model=dict(backbone='resnet18', width=0.25, levels=('C2', 'C3', 'C4'), anchors=None, priors_per_level=3,
                    kmeans_seed=0, neck_channels=64, prior_prob=0.01, frozen_bn=False, backbone_kwargs={},
-                   dtype='float32', instance_dim=64, instance_top_k=64),
+                   dtype='float32', instance_top_k=64,
+                   alignment_levels=ml_collections.FieldReference(None, field_type=tuple)),
         loss=dict(ignore_threshold=0.5, obj_weight=1.0, noobj_weight=1.0, cls_weight=1.0, box_weight=1.0),
         postprocess=dict(score_threshold=0.01, iou_threshold=0.45, max_detections=100, pre_nms_top_k=200)))
 
@@ -142,9 +144,10 @@ def base_config():
     #                                   translate_train | online_translation | gamma | histeq | adabn
     #                                   (adapt.methods.METHODS)
     c.adaptation_losses = ''          # 'name:weight,...' (also package.module:function); '' = the method's
-    c.adaptation_hparams = ml_collections.ConfigDict(dict(   # '' level = the detector's alignment level
-        dann_image=dict(level='', hidden=64, gamma=10.0), dann_instance=dict(hidden=64, gamma=10.0),
-        mmd=dict(level='', num_kernels=5, kernel_mul=2.0), coral=dict(level=''),
+    # levels: comma-separated feature maps ('C2,C3'), level: one; both '': the detector's alignment levels
+    c.adaptation_hparams = ml_collections.ConfigDict(dict(
+        dann_image=dict(level='', levels='', hidden=64, gamma=10.0), dann_instance=dict(hidden=64, gamma=10.0),
+        mmd=dict(level='', levels='', num_kernels=5, kernel_mul=2.0), coral=dict(level='', levels=''),
         lwf=dict(temperature=2.0, box_weight=1.0)))
     c.target_dataset = ''             # '' = dataset
     c.target_split = 'train_night'    # unlabelled unless the method uses target labels (oracle)
@@ -208,7 +211,6 @@ def full_config():
         m.max_scale = 0.6
         m.head_convs = 1
         m.dtype = 'bfloat16'
-        m.instance_dim = 256
         m.instance_top_k = 128
     c.optimizer.warmup_steps = 500
     c.augment.crop_scale = (0.3, 1.0)

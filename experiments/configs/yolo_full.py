@@ -24,6 +24,5 @@ def get_config():
     m.anchors = [[[w / 416, h / 416] for w, h in level] for level in YOLOV3_COCO_PRIORS]
     m.neck_channels = 256
     m.dtype = 'bfloat16'
-    m.instance_dim = 256
     m.instance_top_k = 128
     return c
