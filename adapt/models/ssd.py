@@ -204,8 +204,9 @@ def detector_settings(variant, block) -> dict:
 
 def build(variant, config, num_classes, image_size, axis_name='data'):
     """The `variant` ('ssd' | 'retinanet') for `image_size` (h, w) images from `config[variant]`: blocks `model`
-    (SSD fields, plus `instance_top_k` and `alignment_levels`: adapt.models.dense), `matcher` (assign_targets arguments; None thresholds take the
-    variant's), `loss` (ssd_loss hparams) and `postprocess` (see `postprocess`)."""
+    (SSD fields, plus `instance_top_k` and `alignment_levels`: adapt.models.dense), `matcher` (assign_targets
+    arguments; None thresholds take the variant's), `loss` (ssd_loss hparams) and `postprocess` (see
+    `postprocess`)."""
     block = config[variant]
     model = SSD(num_classes=num_classes, head=VARIANTS[variant]['head'], axis_name=axis_name,
                 **model_fields(block.model, drop=DENSE_SETTINGS))

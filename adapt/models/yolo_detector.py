@@ -115,9 +115,9 @@ def level_priors(anchors, levels) -> Optional[tuple]:
 def build(config, num_classes, image_size, axis_name='data'):
     """The yolo family for `image_size` (h, w) images from `config.yolo`: blocks `model` (YOLO fields; `anchors`
     per level, or None to derive `priors_per_level` per level with k-means seeded by `kmeans_seed`;
-    `instance_top_k` and `alignment_levels`: adapt.models.dense), `loss` (LOSS_DEFAULTS's keys) and `postprocess` (decode_and_nms settings). With `anchors`
-    None the detector builds (the scripts check a preset before the trainer derives them) but its loss and
-    post-processing raise."""
+    `instance_top_k` and `alignment_levels`: adapt.models.dense), `loss` (LOSS_DEFAULTS's keys) and `postprocess`
+    (decode_and_nms settings). With `anchors` None the detector builds (the scripts check a preset before the
+    trainer derives them) but its loss and post-processing raise."""
     block = config.yolo
     fields = model_fields(block.model, drop=('anchors', 'priors_per_level', 'kmeans_seed', *DENSE_SETTINGS))
     priors = level_priors(block.model.anchors, fields['levels'])
