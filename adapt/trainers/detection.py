@@ -290,11 +290,11 @@ def train(config, source_builder, target_builder=None, workdir='', *, data_dir=N
     `on_step(step)` runs after every step (see train_loop). The family's data-derived settings left None
     are filled first (adapt.models.families) and stored in run.json. Raises NonFiniteError on a NaN/Inf."""
     target_builder = target_builder or source_builder
-    config = with_data_settings(config, source_builder, _init_config(config), print_fn or print)
     method = get_method(config.method)
+    if method.prepare is not None and method.configure is not None:
+        method.configure(config)  # its settings are checked (one-line errors) before any data is read
+    config = with_data_settings(config, source_builder, _init_config(config), print_fn or print)
     if method.prepare is not None:
-        if method.configure is not None:
-            method.configure(config)  # its settings are checked (one-line errors) before prepare reads them
         config = method.prepare(config, source_builder, target_builder, print_fn or print)
     s = setup(config, len(class_names(source_builder)))
     data = train_data(config, s, source_builder, target_builder)
