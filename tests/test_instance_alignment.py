@@ -244,7 +244,8 @@ def test_ssd_default_levels_from_hand_built_boxes(tmp_path):
 def test_yolo_default_levels_follow_the_priors_and_not_init_run(monkeypatch):
     """YOLO: a box is the positive of the one prior of highest shape IoU. Four boxes shaped like level 0's
     priors and one like level 1's: 4 of 5 = 80 % on P3, so P3 alone. A run continuing another takes its priors
-    (its weights were trained with them) but chooses its levels on its own source boxes."""
+    (its weights were trained with them) but chooses its levels on its own source boxes, unless that run had
+    the same source split (the same boxes: its stored levels)."""
     boxes = np.array([[0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.4, 0.5], [0.5, 0.2, 0.8, 0.35], [0.6, 0.6, 0.7, 0.7],
                       [0.1, 0.1, 0.5, 0.5]], np.float32)  # (h, w): PRIORS[0][0], [0][1], [0][2], [0][0], [1][0]
     config = yolo_config(anchors=None, init_run='/runs/burn_in')
@@ -253,7 +254,11 @@ def test_yolo_default_levels_follow_the_priors_and_not_init_run(monkeypatch):
     init_config = yolo_config(anchors=PRIORS).to_dict()
     init_config['yolo']['model']['alignment_levels'] = ['P4']
     lines = []
-    filled = with_data_settings(config, None, init_config, print_fn=lines.append)
+    same = with_data_settings(config, None, init_config, print_fn=lines.append)
+    assert lines == ['yolo: anchors, alignment_levels from init_run /runs/burn_in']
+    assert list(same.yolo.model.alignment_levels) == ['P4']
+    lines = []
+    filled = with_data_settings(config, None, {**init_config, 'train_split': 'train_dusk'}, print_fn=lines.append)
     assert lines == ['yolo: anchors from init_run /runs/burn_in', 'yolo: alignment_levels from 5 boxes of train_day']
     np.testing.assert_allclose(np.asarray(filled.yolo.model.anchors, np.float64), PRIORS)
     detector = build_detector(filled, 3)

@@ -19,7 +19,8 @@ class DataSettings:
     split and `image_size` (h, w) the detector's input size. Values must be JSON-friendly (lists, floats).
     `inherit`: a run continuing another of its family (`init_run`) takes the value stored there, because its
     weights were trained with it (priors, anchor sizes); False: derived from this run's own source boxes
-    (what describes the data, not the weights)."""
+    (what describes the data, not the weights), or taken from `init_run` when that run had the same source
+    split (the same boxes give the same value)."""
     keys: tuple
     derive: Callable
     inherit: bool = True

@@ -84,13 +84,16 @@ def missing_settings(config) -> list:
 
 def with_data_settings(config, source_builder, init_config=None, print_fn=print):
     """`config` with its family's data-derived settings filled (a copy; `config` itself when none is
-    missing): the inherited ones from `init_config` (the run.json config of `config.init_run`) when it is a run
-    of the same family that stored them, the others from the boxes of the source's `train_split`. ValueError
-    (one line) when that split has no boxes."""
+    missing): from `init_config` (the run.json config of `config.init_run`) when it is a run of the same family
+    that stored them, for the inherited ones always and for the others when it had the same source split
+    (they would be derived again from the same boxes); the rest from the boxes of the source's `train_split`.
+    ValueError (one line) when that split has no boxes."""
     family, missing = settings_family(config), missing_settings(config)
     if missing and init_config is not None and init_config.get('detector') == family:
         stored = init_config[family]['model']
-        inherited = {k: stored[k] for spec in DATA_SETTINGS[family] if spec.inherit for k in spec.keys
+        same_source = (init_config.get('dataset'), init_config.get('train_split')) == (config.dataset,
+                                                                                      config.train_split)
+        inherited = {k: stored[k] for spec in DATA_SETTINGS[family] if spec.inherit or same_source for k in spec.keys
                      if k in missing and stored.get(k) is not None}
         if inherited:
             print_fn(f'{family}: {", ".join(inherited)} from init_run {config.init_run}')
