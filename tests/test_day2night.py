@@ -75,6 +75,7 @@ def test_report_numbers_are_pycocotools_on_the_files_beside_them(protocol):
     report = json.load(open(os.path.join(root, 'report', 'report.json')))
     methods = day2night_tiny.METHODS.split(',')
     assert list(report['methods']) == methods
+    resampled = {}  # (method, domain) -> pycocotools' AP50 on every bootstrap resample
     for method in methods:
         row = report['methods'][method]
         for domain in ('day', 'dusk', 'night'):
@@ -89,6 +90,16 @@ def test_report_numbers_are_pycocotools_on_the_files_beside_them(protocol):
                 if want is not None:  # one seed: the interval is the image bootstrap of the files beside
                     interval = bootstrap_reference(gt, dets, metric, day2night_tiny.get_config().bootstrap_samples)
                     assert cell[f'{metric}_ci'] == pytest.approx(list(interval[1:]), abs=1e-12)
+                    resampled[method, domain] = interval[0] if metric == 'AP50' else resampled.get((method, domain))
+    for domain in ('day', 'dusk', 'night'):  # the paired difference: the same resamples of the same images
+        oracle, so = resampled['oracle', domain], resampled['source_only', domain]
+        defined = (oracle != -1) & (so != -1)
+        low_high = np.percentile(oracle[defined] - so[defined], [2.5, 97.5])
+        cell = report['methods']['oracle'][f'test_{domain}']
+        assert cell['AP50_diff_ci'] == pytest.approx(list(low_high), abs=1e-12), domain
+        assert cell['AP50_diff'] == pytest.approx(
+            cell['AP50'] - report['methods']['source_only'][f'test_{domain}']['AP50'], abs=1e-12)
+        assert cell['AP50_diff_excludes_0'] == bool(low_high[0] > 0 or low_high[1] < 0)
     rows = report['methods']
     assert rows['oracle']['uses_target_labels'] and not rows['source_only']['uses_target_labels']
     assert rows['source_only']['model'] == 'model' and rows['source_only']['params_added'] == 0
@@ -106,6 +117,8 @@ def test_report_numbers_are_pycocotools_on_the_files_beside_them(protocol):
                                               'count': 2}
     md = open(os.path.join(root, 'report', 'report.md')).read()
     assert 'oracle†' in md and 'Selection by an oracle' in md
+    assert '## Differences from source_only' in md and 'One seed: seed noise is unmeasured' in md
+    assert report['resolution']['comparisons'] == 3 and report['resolution']['domains']['night']['mdd'] is None
     for figure in report['figures'].values():
         assert os.path.getsize(os.path.join(root, 'report', figure)) > 1000
 

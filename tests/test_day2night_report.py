@@ -53,14 +53,29 @@ def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
     deps = {**_deps(0, 0.05, 0.08), **_deps(1, 0.07, 0.13)}
     methods = ['source_only', 'oracle', 'dann', 'mean_teacher']
     boot = _boot(methods, [0, 1])
-    boot['dann'] = [{k: np.array([0.1, -1, 0.3, 0.5]) for k in boot['dann'][0]},
-                    {k: np.array([0.3, 0.2, 0.5, 0.7]) for k in boot['dann'][0]}]
+    four = lambda values: {k: np.array(values) for k in boot['dann'][0]}  # noqa: E731
+    boot['dann'] = [four([0.1, -1, 0.3, 0.5]), four([0.3, 0.2, 0.5, 0.7])]
+    boot['source_only'] = boot['oracle'] = boot['mean_teacher'] = [four([0.1, 0.1, 0.2, 0.2]), four([0.2, 0.3, 0.3, 0.4])]
     out = combine(config, deps, methods, [0, 1], DOMAINS, boot)
     dann = out['methods']['dann']
     assert dann['test_night']['AP50'] == pytest.approx(0.105)
     # per-resample seed means 0.2, 0.4, 0.6 (resample 1 undefined in seed 0): percentiles 2.5 and 97.5
     assert dann['test_night']['AP50_ci'] == pytest.approx([0.21, 0.59])
     assert dann['test_night']['AP50_std'] == pytest.approx(np.std([0.08, 0.13], ddof=1))
+    # paired with source_only on the same resamples (resample 1 undefined in one seed): per-resample seed-mean
+    # differences 0.05, 0.15, 0.3 -> percentiles 2.5 and 97.5 by linear interpolation
+    assert dann['test_night']['AP50_diff'] == pytest.approx(((0.08 - 0.05) + (0.13 - 0.07)) / 2)
+    assert dann['test_night']['AP50_diff_ci'] == pytest.approx([0.055, 0.2925])
+    assert dann['test_night']['AP50_diff_excludes_0'] and 'AP50_diff' not in out['methods']['source_only']['test_night']
+    assert out['methods']['oracle']['test_night']['AP50_diff_ci'] == [0.0, 0.0]
+    res = out['resolution']
+    assert res['seeds'] == 2 and res['comparisons'] == 9 and res['chance_marks'] == pytest.approx(0.45)
+    # night: seed standard deviations of source_only, oracle, dann, mean_teacher; t[0.975, 1] = 12.7062 and
+    # t[0.8, 1] = 1.3764 from the t table: (t + t) x sqrt(2) x s / sqrt(2)
+    pooled = np.sqrt(np.mean(np.square([np.std([0.05, 0.07], ddof=1), 0.0, np.std([0.08, 0.13], ddof=1), 0.0])))
+    assert res['domains']['night']['pooled_std'] == pytest.approx(pooled)
+    assert res['domains']['night']['mdd'] == pytest.approx((12.7062 + 1.3764) * pooled, rel=1e-4)
+    assert res['domains']['night']['marks'] == 1
     assert dann['gap_closed'] == pytest.approx(np.mean([(0.08 - 0.05) / (0.35 - 0.05), (0.13 - 0.07) / (0.35 - 0.07)]))
     assert dann['forgetting'] == pytest.approx(0.6 - 0.5) and dann['domain_gap'] == pytest.approx(0.58 - 0.105)
     # 3 x 0.2 GFLOPs x 60 steps x 16 images per domain x 2 domains
@@ -88,6 +103,8 @@ def test_markdown_marks_target_labels_and_methods_below_source_only():
     assert '| oracle† |' in md and '| dann | 0.500 [0.490, 0.510]' in md and '(below source only)' in md
     assert '| source_only | 0.580' in md and 'source_only (below' not in md
     assert 'BatchNorm policy (`source`' in md
+    assert '## Differences from source_only' in md and 'One seed: seed noise is unmeasured' in md
+    assert "across the table's 9 comparisons chance alone gives about 0.5 such marks" in md
     assert '## Self-training diagnostics' in md and '| mean_teacher | 0.50 | 0.400 | 0.100 |' in md
     assert '| dann | 0.' not in md.split('## Self-training diagnostics')[1].split('##')[0]
 

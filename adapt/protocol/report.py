@@ -122,6 +122,7 @@ def combine(config, deps, methods, seeds, domain_names, boot) -> dict:
     values} per seed}."""
     from adapt.evaluation.transfer import bootstrap_interval, transfer_matrix_metrics
     per_seed = [_per_seed(config, deps, methods, s, domain_names) for s in seeds]
+    baseline = 'source_only' if 'source_only' in methods else None
     first = per_seed[0]['rows']
     out = {}
     for m in methods:
@@ -139,6 +140,8 @@ def combine(config, deps, methods, seeds, domain_names, boot) -> dict:
                 cell[metric], cell[f'{metric}_std'] = _mean_std([r['test'][d][metric] for r in rows])
                 cell[f'{metric}_ci'] = list(bootstrap_interval([b[f'{d}/{metric}'] for b in boot[m]]))
             cell['images'] = first[m]['test'][d]['images']
+            if baseline and m != baseline:
+                cell.update(_paired_difference([p['rows'] for p in per_seed], boot, m, baseline, d))
             entry[f'test_{d}'] = cell
         for key in ('gap_closed', 'domain_gap', 'forgetting', 'adapt_minutes', 'adapt_gflops', 'proxy_a_distance',
                     'oracle_selected_AP50'):
@@ -146,12 +149,41 @@ def combine(config, deps, methods, seeds, domain_names, boot) -> dict:
         pseudo = [r['pseudo_labels'] for r in rows if r['pseudo_labels']]
         entry['pseudo_labels'] = {k: _mean_std([p[k] for p in pseudo])[0] for k in pseudo[0]} if pseudo else None
         out[m] = entry
+    resolution = _resolution(out, domain_names, len(seeds), baseline)
     if not config.sequential_steps:
-        return {'methods': out, 'transfer': None}
+        return {'methods': out, 'transfer': None, 'resolution': resolution}
     matrices = [np.asarray(p['R'], float) for p in per_seed]
     transfer = {'domains': domain_names, 'R': np.mean(matrices, 0).tolist()}
     transfer.update({k: float(v) for k, v in transfer_matrix_metrics(np.mean(matrices, 0)).items()})
-    return {'methods': out, 'transfer': transfer}
+    return {'methods': out, 'transfer': transfer, 'resolution': resolution}
+
+
+def _paired_difference(rows, boot, method, baseline, domain) -> dict:
+    """mAP@0.5 of `method` minus `baseline` on `domain`'s test images: the mean over seeds paired by index, its
+    95 % paired bootstrap interval (the same resamples for both rows) and whether the interval excludes 0."""
+    from adapt.evaluation.paired import paired_difference_interval
+    pairs = [(r[method]['test'][domain]['AP50'], r[baseline]['test'][domain]['AP50']) for r in rows]
+    if any(a is None or b is None for a, b in pairs):
+        return {'AP50_diff': None, 'AP50_diff_ci': None, 'AP50_diff_excludes_0': False}
+    low, high = paired_difference_interval([b[f'{domain}/AP50'] for b in boot[method]],
+                                           [b[f'{domain}/AP50'] for b in boot[baseline]])
+    return {'AP50_diff': float(np.mean([a - b for a, b in pairs])), 'AP50_diff_ci': [low, high],
+            'AP50_diff_excludes_0': bool(low > 0 or high < 0)}
+
+
+def _resolution(rows, domain_names, num_seeds, baseline) -> dict:
+    """What the table can resolve: the paired comparisons made, how many marks chance alone gives (5 % of
+    them), and per domain the pooled seed standard deviation of mAP@0.5 and the minimum detectable
+    difference at the run's seeds (None with one seed: seed noise unmeasured)."""
+    from adapt.evaluation.paired import minimum_detectable_difference, pooled_std
+    compared = [m for m in rows if baseline and m != baseline]
+    out = {'seeds': num_seeds, 'comparisons': len(compared) * len(domain_names),
+           'chance_marks': 0.05 * len(compared) * len(domain_names), 'domains': {}}
+    for d in domain_names:
+        std = pooled_std([r[f'test_{d}']['AP50_std'] for r in rows.values()])
+        out['domains'][d] = {'pooled_std': std, 'mdd': minimum_detectable_difference(std, num_seeds),
+                             'marks': sum(rows[m][f'test_{d}']['AP50_diff_excludes_0'] for m in compared)}
+    return out
 
 
 def _bootstrap_values(ctx, methods, seeds) -> dict:
