@@ -16,7 +16,7 @@ def _eval(day, dusk, night, params=100, step=60, samples=None):
     test = {d: {'AP50': v, 'AP': v / 2, 'images': 250}
             for d, v in zip(DOMAINS, (day, dusk, night))}
     return {'test': test, 'model': 'model', 'uses_target_labels': False, 'params': params, 'step': step,
-            'samples': samples or {'source': 2000}, 'proxy_a_distance': 1.5, 'oracle_selected': {},
+            'samples': samples or {'source': 2000}, 'proxy_a_distance': {'C3': 1.5, 'C4': 2.0 - night}, 'oracle_selected': {},
             'frame_costs': [{'size': '160x160', 'part': 'detector', 'ms': 5.0, 'gflops': 0.2}]}
 
 
@@ -81,6 +81,7 @@ def test_rows_are_means_over_seeds_of_the_hand_transfer_metrics():
     # 3 x 0.2 GFLOPs x 60 steps x 16 images per domain x 2 domains
     assert dann['adapt_gflops'] == pytest.approx(3 * 0.2 * 60 * 16 * 2) and dann['adapt_minutes'] == 2.0
     assert out['methods']['oracle']['gap_closed'] == pytest.approx(1.0)
+    assert dann['proxy_a_distance'] == pytest.approx({'C3': 1.5, 'C4': 2.0 - 0.105})  # the mean over seeds, per level
     assert out['methods']['mean_teacher']['pseudo_labels'] == pytest.approx(
         {'pseudo_boxes_per_image': 1.0, 'pseudo_precision': 0.5, 'pseudo_recall': 0.15})
     assert dann['pseudo_labels'] is None
@@ -105,6 +106,7 @@ def test_markdown_marks_target_labels_and_methods_below_source_only():
     assert 'BatchNorm policy (`source`' in md
     assert '## Differences from source_only' in md and 'One seed: seed noise is unmeasured' in md
     assert "across the table's 9 comparisons chance alone gives about 0.5 such marks" in md
+    assert '| method | C3 | C4 |' in md and '| dann | 1.50 | 1.96 |' in md
     assert '## Self-training diagnostics' in md and '| mean_teacher | 0.50 | 0.400 | 0.100 |' in md
     assert '| dann | 0.' not in md.split('## Self-training diagnostics')[1].split('##')[0]
 

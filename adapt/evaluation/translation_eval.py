@@ -50,10 +50,17 @@ def paired_images(builder, split: str = 'paired', image_size=None, batch_size: i
     yield from ds.as_numpy_iterator()
 
 
+def pooled_levels_fn(features, levels):
+    """jit-ed images01 -> {level: [B, C]}: the global-average-pooled features of a FrozenFeatures at each of
+    `levels` (one program for all of them)."""
+    extractor = features.with_levels(tuple(levels))
+    return jax.jit(lambda images01: {k: jnp.mean(v, axis=(1, 2)) for k, v in extractor(images01).items()})
+
+
 def pooled_features_fn(features, level: str):
     """jit-ed images01 -> [B, C] global-average-pooled `level` features of a FrozenFeatures."""
-    extractor = features.with_levels((level,))
-    return jax.jit(lambda images01: jnp.mean(extractor(images01)[level], axis=(1, 2)))
+    pooled = pooled_levels_fn(features, (level,))
+    return lambda images01: pooled(images01)[level]
 
 
 class InceptionFeatures:

@@ -3,8 +3,9 @@
 For one trained run it writes, in its stage workdir, the COCO detections and ground truth of every
 domain's test split (anyone can recompute each number with pycocotools) and the metrics on bootstrap
 resamples of the test images (the report's intervals, BOOTSTRAP_FILE), and returns the metrics, the
-target's precision-recall curve, the proxy A-distance of its backbone features (source vs target test
-images), its size and per-frame cost, and the target metrics of the checkpoint an oracle would pick on
+target's precision-recall curve, the proxy A-distance of its backbone features at every level the detector
+reads (source vs target test images; the held-out ridge classifier of adapt.evaluation.transfer, fixed in
+advance, not chosen by how it ranks the methods), its size and per-frame cost, and the target metrics of the checkpoint an oracle would pick on
 labelled target validation (reported apart).
 """
 from __future__ import annotations
@@ -76,21 +77,23 @@ def _frame_costs(config_json: str, num_classes: int, sizes: str):
 
 
 def _pooled_features(run, detector, images, batch_size):
-    """Global-average-pooled deepest backbone features [N, C] of `images` [N, H, W, 3] (translated first for
-    a translated detector: the features the detector computes), `batch_size` at a time through a jitted
-    extractor (run eagerly, the backbone compiled one program per operation)."""
-    from adapt.evaluation.translation_eval import pooled_features_fn
+    """{level: [N, C]}: the global-average-pooled features of `images` [N, H, W, 3] at every backbone level the
+    detector reads (translated first for a translated detector: the features the detector computes),
+    `batch_size` at a time through one jitted extractor (run eagerly, the backbone compiled one program per
+    operation)."""
+    from adapt.evaluation.translation_eval import pooled_levels_fn
     from adapt.models.frozen_features import from_detector
+    from adapt.models.layers import FEATURE_STRIDES
     from adapt.models.translated import TranslatedDetector
-    extract = from_detector(detector, run.variables())
-    pooled = pooled_features_fn(extract, extract.levels[-1])
+    levels = [level for level in detector.feature_levels if level in FEATURE_STRIDES]
+    pooled = pooled_levels_fn(from_detector(detector, run.variables()), levels)
     rows = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         if isinstance(detector, TranslatedDetector):
             batch = detector.translate(batch)
-        rows.append(np.asarray(pooled(batch)))
-    return np.concatenate(rows)
+        rows.append({k: np.asarray(v) for k, v in pooled(batch).items()})
+    return {level: np.concatenate([r[level] for r in rows]) for level in levels}
 
 
 def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
@@ -153,8 +156,10 @@ def evaluate_run(ctx, workdir, domains, config, builders, full=True) -> dict:
     if not full:
         return result
     try:
-        feats = [_pooled_features(run, detector, kept[d.name], run.config.eval_batch_size) for d in (source, target)]
-        result['proxy_a_distance'] = float(proxy_a_distance(*feats))
+        source_feats, target_feats = (_pooled_features(run, detector, kept[d.name], run.config.eval_batch_size)
+                                      for d in (source, target))
+        result['proxy_a_distance'] = {level: float(proxy_a_distance(source_feats[level], target_feats[level]))
+                                      for level in source_feats}
     except (KeyError, ValueError) as error:  # a family without a backbone of ours (shared_latent)
         ctx.print_fn(f'  {ctx.name}: no proxy A-distance ({error})')
         result['proxy_a_distance'] = None

@@ -143,9 +143,11 @@ def combine(config, deps, methods, seeds, domain_names, boot) -> dict:
             if baseline and m != baseline:
                 cell.update(_paired_difference([p['rows'] for p in per_seed], boot, m, baseline, d))
             entry[f'test_{d}'] = cell
-        for key in ('gap_closed', 'domain_gap', 'forgetting', 'adapt_minutes', 'adapt_gflops', 'proxy_a_distance',
-                    'oracle_selected_AP50'):
+        for key in ('gap_closed', 'domain_gap', 'forgetting', 'adapt_minutes', 'adapt_gflops', 'oracle_selected_AP50'):
             entry[key], entry[f'{key}_std'] = _mean_std([r[key] for r in rows])
+        distances = [r['proxy_a_distance'] for r in rows if r['proxy_a_distance']]
+        entry['proxy_a_distance'] = ({level: _mean_std([d[level] for d in distances])[0] for level in distances[0]}
+                                     if distances else None)
         pseudo = [r['pseudo_labels'] for r in rows if r['pseudo_labels']]
         entry['pseudo_labels'] = {k: _mean_std([p[k] for p in pseudo])[0] for k in pseudo[0]} if pseudo else None
         out[m] = entry
