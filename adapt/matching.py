@@ -34,8 +34,12 @@ def match_anchors(iou, gt_mask, matched_threshold=0.5, unmatched_threshold=None,
     if iou.shape[0] == 0:
         return jnp.full(iou.shape[1:], NEGATIVE, jnp.int32)
     iou = jnp.where(jnp.asarray(gt_mask, bool)[:, None], jnp.asarray(iou, jnp.float32), -1.0)  # padded gt can never win
+    # Materialised once: XLA:CPU would otherwise recompute the IoUs inside each of the reductions below.
+    iou = lax.optimization_barrier(iou)
     best_iou = iou.max(axis=0)
-    best_gt = iou.argmax(axis=0).astype(jnp.int32)
+    # argmax as the first index reaching the maximum (the same value; XLA:CPU's argmax reduction is slow)
+    rows = jnp.arange(iou.shape[0], dtype=jnp.int32)[:, None]
+    best_gt = jnp.min(jnp.where(iou == best_iou[None], rows, iou.shape[0]), axis=0).astype(jnp.int32)
     matches = jnp.where(best_iou >= matched_threshold, best_gt,
                         jnp.where(best_iou < unmatched_threshold, NEGATIVE, IGNORE)).astype(jnp.int32)
     if allow_low_quality:
