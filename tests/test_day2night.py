@@ -102,7 +102,7 @@ def test_report_numbers_are_pycocotools_on_the_files_beside_them(protocol):
     assert rows['source_only']['forgetting'] == pytest.approx(burn['test']['day']['AP50']
                                                              - rows['source_only']['test_day']['AP50'])
     assert report['transfer'] is None
-    assert report['splits']['night/test'] == {'dataset': 'daynight_synth/tiny/1.0.0', 'split': 'test_night',
+    assert report['splits']['night/test'] == {'dataset': 'daynight_synth/tiny/1.1.0', 'split': 'test_night',
                                               'count': 2}
     md = open(os.path.join(root, 'report', 'report.md')).read()
     assert 'oracle†' in md and 'Selection by an oracle' in md
