@@ -56,9 +56,9 @@ def exposure_for(radiance: np.ndarray, target: float) -> float:
     The mean is piecewise linear and non-decreasing in E, with a breakpoint where a channel value u
     saturates (E = 1 / u). With the values >= u saturated it is sum_c w_c (n_c(>= u) + E s_c(< u))
     (w_c: the channel's luminance weight per pixel, n_c a count, s_c a sum of values). A binary search
-    over the values finds the dimmest one whose breakpoint misses the target: it is the first to
-    saturate past the answer, and E follows in closed form. Sorts and sequential cumulative sums
-    keep the result bit-identical on any machine."""
+    over the values finds the dimmest one whose breakpoint still misses the target: it is the dimmest
+    value saturated at the answer, which fixes the saturated set, and E follows in closed form. Sorts
+    and sequential cumulative sums keep the result bit-identical on any machine."""
     values = np.sort(np.maximum(radiance.reshape(3, -1).astype(np.float64), 0.0), axis=1)
     n = values.shape[1]
     weights = np.array(LUMA) / n
