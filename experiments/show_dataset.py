@@ -2,6 +2,7 @@
 
   python -m experiments.show_dataset                        # 6 paired scenes, day | dusk | night
   python -m experiments.show_dataset --config=r256 --split=test_night --num_scenes=8
+  python -m experiments.show_dataset --config=r128_sev1                 # the night at severity 1
   python -m experiments.show_dataset --source=tfds --data_dir=/tmp/tfds   # read the prepared data
 
 By default the scenes of --split are rendered directly (no TFDS preparation needed) in all three
@@ -14,13 +15,14 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
-from adapt.datasets.daynight_synth import raster, render
+from adapt.datasets.daynight_synth import exposure, raster, render
 from adapt.datasets.daynight_synth.daynight_synth import SPLIT_CODES, DaynightSynth, scene_id
 from adapt.datasets.daynight_synth.scene import CLASS_NAMES, DOMAINS, sample_scene, split_seed
 from experiments.common import parse_flags, usage_error
 
 _CONFIGS = {c.name: c for c in DaynightSynth.BUILDER_CONFIGS}
-flags.DEFINE_enum('config', 'r128', list(_CONFIGS), 'Builder config (sets the resolution).')
+flags.DEFINE_enum('config', 'r128', list(_CONFIGS), 'Builder config (sets the resolution and the night '
+                 'severity).')
 flags.DEFINE_enum('split', 'paired', list(SPLIT_CODES), 'Split whose scenes are shown.')
 flags.DEFINE_integer('num_scenes', 6, 'Number of scenes (rows).', lower_bound=1)
 flags.DEFINE_integer('start', 0, 'Index of the first scene in the split.', lower_bound=0)
@@ -58,12 +60,12 @@ def grid(rows, tile):
     return out
 
 
-def rendered_rows(split, start, num, resolution, tile):
-    rows = []
+def rendered_rows(split, start, num, config, tile):
+    rows, night = [], exposure.LEVELS[config.severity - 1]
     for index in range(start, start + num):
         scene = sample_scene(split_seed(SPLIT_CODES[split], index))
-        geometry = raster.rasterize(scene, resolution)
-        rows.append([annotate(render.shade(scene, geometry, d), geometry.boxes, geometry.labels, tile,
+        geometry = raster.rasterize(scene, config.resolution)
+        rows.append([annotate(render.shade(scene, geometry, d, night), geometry.boxes, geometry.labels, tile,
                               f'{d} {scene_id(split, index)}') for d in DOMAINS])
     return rows
 
@@ -87,8 +89,7 @@ def tfds_rows(config, split, start, num, data_dir, tile):
 def main(argv):
     del argv
     if FLAGS.source == 'render':
-        rows = rendered_rows(FLAGS.split, FLAGS.start, FLAGS.num_scenes, _CONFIGS[FLAGS.config].resolution,
-                             FLAGS.tile)
+        rows = rendered_rows(FLAGS.split, FLAGS.start, FLAGS.num_scenes, _CONFIGS[FLAGS.config], FLAGS.tile)
     else:
         import adapt.datasets  # noqa: F401  registers the builders
 

@@ -116,7 +116,7 @@ def test_report_numbers_are_pycocotools_on_the_files_beside_them(protocol):
     for m in rows:  # at every backbone level the tiny detector reads
         assert set(rows[m]['proxy_a_distance']) == {'C3', 'C4'}
         assert all(0 <= v <= 2 for v in rows[m]['proxy_a_distance'].values())
-    assert report['splits']['night/test'] == {'dataset': 'daynight_synth/tiny/1.0.0', 'split': 'test_night',
+    assert report['splits']['night/test'] == {'dataset': 'daynight_synth/tiny/1.1.0', 'split': 'test_night',
                                               'count': 2}
     md = open(os.path.join(root, 'report', 'report.md')).read()
     assert 'oracle†' in md and 'Selection by an oracle' in md

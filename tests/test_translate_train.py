@@ -74,7 +74,7 @@ def test_translations_equal_the_generator_keep_the_boxes_and_are_written_once(bu
                                                                                monkeypatch):
     run = shutil.copytree(unit_run, str(tmp_path / 'unit'))
     path = translate_train.cache_path(run, builder, SPLIT, 0)
-    assert path == os.path.join(run, 'translated', 'daynight_synth_tiny_1.0.0', 'train_day_step0.tfrecord')
+    assert path == os.path.join(run, 'translated', 'daynight_synth_tiny_1.1.0', 'train_day_step0.tfrecord')
     source = _source(builder)
     monkeypatch.setattr(translate_train, 'PROGRESS_EVERY_S', 0.0)  # a progress line after every batch
 

@@ -9,7 +9,8 @@ scenes of a bigger one; the same scene looks the same at every resolution.
 
 Features. TFDS gives all splits of a config one feature spec, so every example has
   image        uint8 [R, R, 3] PNG (lossless): the scene in `domain` (in `paired`: by day)
-  image_night  Sequence of uint8 [R, R, 3] PNG: [night render of the same scene] in `paired`,
+  image_night  Sequence of uint8 [R, R, 3] PNG: [night render of the same scene, at the config's
+               night severity] in `paired`,
                empty [0, R, R, 3] elsewhere (an empty sequence costs no storage)
   objects      Sequence of {bbox: BBoxFeature [ymin, xmin, ymax, xmax] in [0, 1], label: ClassLabel}
   domain       ClassLabel(day, dusk, night)
@@ -24,15 +25,22 @@ image. A box is the visible extent of its object; objects less than 40 % inside 
 25 % unoccluded or under 3 x 2 visible pixels get no box (see raster.py). Traffic lights and signs
 are boxed without their poles.
 
-Configs: the image resolution and the example counts; `tiny` is for tests. The data is a pure
-function of (config, split, index), made with NumPy only, so any machine builds the same pixels.
+Configs: the image resolution, the example counts and the night severity; `tiny` is for tests.
+Each of `r64`, `r128`, `r256`, their `_small` variants and `tiny` records the night with the
+original, unexposed camera (severity 4, the hardest); `<config>_sev1` .. `_sev3` are the same scenes
+with the night recorded by an auto-exposing camera (exposure.LEVELS: 1 `dashcam`, 2 `dim`, 3 `dark`).
+Only night images depend on the severity: day and dusk images, boxes and scene ids are the same in
+every severity of a config, so the levels form one axis over fixed scenes (as Foggy Cityscapes'
+fog densities over Cityscapes). A severity is a config rather than a split so that every method,
+split and stage reads a level the way it reads a dataset. The data is a pure function of (config,
+split, index), made with NumPy only, so any machine builds the same pixels.
 """
 import dataclasses
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from adapt.datasets.daynight_synth import raster, render
+from adapt.datasets.daynight_synth import exposure, raster, render
 from adapt.datasets.daynight_synth.scene import CLASS_NAMES, DOMAINS, sample_scene, split_seed
 
 SPLIT_CODES = {'train_day': 1, 'train_dusk': 2, 'train_night': 3,
@@ -49,13 +57,14 @@ def scene_id(split: str, index: int) -> int:
     return SPLIT_CODES[split] * 10**9 + index
 
 
-def make_example(split: str, index: int, resolution: int) -> dict:
-    """The TFDS example (NumPy values) for scene `index` of `split`."""
+def make_example(split: str, index: int, resolution: int, severity: int = exposure.UNEXPOSED.severity) -> dict:
+    """The TFDS example (NumPy values) for scene `index` of `split`, the night at `severity`."""
     scene = sample_scene(split_seed(SPLIT_CODES[split], index))
     geometry = raster.rasterize(scene, resolution)
     domain = split_domain(split)
-    night = [render.shade(scene, geometry, 'night')] if split == 'paired' else []
-    return {'image': render.shade(scene, geometry, domain),
+    level = exposure.LEVELS[severity - 1]
+    night = [render.shade(scene, geometry, 'night', level)] if split == 'paired' else []
+    return {'image': render.shade(scene, geometry, domain, level),
             'image_night': night,
             'objects': {'bbox': geometry.boxes, 'label': geometry.labels},
             'domain': domain,
@@ -68,35 +77,43 @@ class DaynightSynthConfig(tfds.core.BuilderConfig):
     num_train: int = 10000   # per domain
     num_eval: int = 1000     # per domain, for validation and for test
     num_paired: int = 1000
+    severity: int = exposure.UNEXPOSED.severity  # of the night: exposure.LEVELS[severity - 1]
 
     def split_sizes(self) -> dict:
         return {s: (self.num_train if s.startswith('train') else
                     self.num_paired if s == 'paired' else self.num_eval) for s in SPLIT_CODES}
 
 
-def _config(name, resolution, train, evaluation, paired):
-    return DaynightSynthConfig(
-        name=name, resolution=resolution, num_train=train, num_eval=evaluation, num_paired=paired,
-        description=f'{resolution}x{resolution} px; {train} train scenes per domain, {evaluation} '
-                    f'validation and {evaluation} test scenes per domain, {paired} paired scenes.')
+def _configs(name, resolution, train, evaluation, paired):
+    """The config `name` (the unexposed night) and its `name_sev<k>` for the other severities."""
+    sizes = (f'{resolution}x{resolution} px; {train} train scenes per domain, {evaluation} validation and '
+             f'{evaluation} test scenes per domain, {paired} paired scenes.')
+    return [DaynightSynthConfig(
+        name=name if level is exposure.UNEXPOSED else f'{name}_sev{level.severity}', resolution=resolution,
+        num_train=train, num_eval=evaluation, num_paired=paired, severity=level.severity,
+        description=f'{sizes} Night severity {level.severity} ({level.name}): {level.summary}.')
+        for level in (exposure.UNEXPOSED, *exposure.LEVELS[:-1])]  # `name` first: r128 stays the default
 
 
 class DaynightSynth(tfds.core.GeneratorBasedBuilder):
     """Procedural day/dusk/night driving scenes with boxes of 6 classes."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('1.1.0')
     RELEASE_NOTES = {
         '1.0.0': 'First release: NumPy renderer, day/dusk/night, unpaired train splits, '
                  'validation/test per domain, paired day+night split.',
+        '1.1.0': 'Night severity: configs <config>_sev1 .. _sev3 record the night with an auto-exposing '
+                 'camera (exposure, gain, gain-dependent noise); the existing configs are severity 4 '
+                 '(the unexposed night) and their examples are unchanged (the same pixels, boxes, order).',
     }
     BUILDER_CONFIGS = [
-        _config('r128', 128, 10000, 1000, 1000),
-        _config('r128_small', 128, 2000, 250, 250),
-        _config('r64', 64, 10000, 1000, 1000),
-        _config('r64_small', 64, 2000, 250, 250),
-        _config('r256', 256, 10000, 1000, 1000),
-        _config('r256_small', 256, 2000, 250, 250),
-        _config('tiny', 64, 4, 2, 2),
+        *_configs('r128', 128, 10000, 1000, 1000),
+        *_configs('r128_small', 128, 2000, 250, 250),
+        *_configs('r64', 64, 10000, 1000, 1000),
+        *_configs('r64_small', 64, 2000, 250, 250),
+        *_configs('r256', 256, 10000, 1000, 1000),
+        *_configs('r256_small', 256, 2000, 250, 250),
+        *_configs('tiny', 64, 4, 2, 2),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -125,4 +142,5 @@ class DaynightSynth(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split, num_examples):
         for index in range(num_examples):
-            yield scene_id(split, index), make_example(split, index, self.builder_config.resolution)
+            yield scene_id(split, index), make_example(split, index, self.builder_config.resolution,
+                                                       self.builder_config.severity)

@@ -1,20 +1,21 @@
 """Shading pass: light one rasterised scene as day, dusk or night and quantise to uint8.
 
-radiance = albedo * light + emission, then haze, sky, lens glow (bloom), lens blur, sensor noise.
+radiance = albedo * light + emission, then haze, sky, lens glow (bloom), lens blur (`lens_image`);
+then the camera (exposure.py): the night's auto-exposure at its severity level, sensor noise, 8 bits.
 Day is sunlight everywhere. Night is a different image, not a colour transform of day: the light
 field is a faint blue ambient plus street-lamp pools, the camera car's low beams and other cars'
 headlight cones (computed per pixel from its 3-D position), so objects far from lights fade into
 noise while lamps, headlights, tail-lights and lit windows glow. Dusk sits in between.
 
-Only element-wise IEEE arithmetic (+ - * / sqrt; no exp, pow or BLAS) is used, and sensor noise comes
-from integer bytes of a Generator seeded by (scene, domain), so renders are bit-identical on any
+Only element-wise IEEE arithmetic (+ - * / sqrt; no exp, pow or BLAS), sorts and sequential sums are
+used, and sensor noise comes from integer bytes of a Generator seeded by (scene, domain), so renders are bit-identical on any
 machine.
 """
 import math
 
 import numpy as np
 
-from adapt.datasets.daynight_synth import raster
+from adapt.datasets.daynight_synth import exposure, raster
 from adapt.datasets.daynight_synth.scene import DOMAINS
 
 # Per domain: ambient light, lamp/headlight power, emission scale, bloom scale, haze distance (m),
@@ -144,8 +145,8 @@ def _noise(scene, domain, shape):
     return (b.astype(np.float32) - np.float32(127.5)) * np.float32(1 / 73.9)
 
 
-def shade(scene, geometry: raster.Geometry, domain: str) -> np.ndarray:
-    """uint8 [S, S, 3] image of a rasterised scene in `domain` (one of DOMAINS)."""
+def lens_image(scene, geometry: raster.Geometry, domain: str) -> np.ndarray:
+    """float32 [3, S, S] lens image of a rasterised scene in `domain`: what reaches the sensor."""
     p = _DOMAIN[domain]
     size = geometry.depth.shape[0]
     cam = scene.camera
@@ -167,17 +168,20 @@ def shade(scene, geometry: raster.Geometry, domain: str) -> np.ndarray:
     radiance = np.where(geometry.depth >= np.float32(raster.SKY_DEPTH), sky, radiance)
     if p['bloom']:  # glow happens in the lens: after haze, over the sky too
         radiance += np.float32(p['bloom']) * _bloom(geometry.emissive)
-    radiance = _blur(radiance)  # lens blur
-    sigma = np.float32(p['read']) + np.float32(p['shot']) * radiance
-    radiance += sigma * _noise(scene, domain, radiance.shape)
-    planes = (np.clip(radiance, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
-    image = np.empty((size, size, 3), np.uint8)
-    for c in range(3):
-        image[..., c] = planes[c]
-    return image
+    return _blur(radiance)  # lens blur
 
 
-def render(scene, domain: str, size: int):
+def shade(scene, geometry: raster.Geometry, domain: str, night: exposure.NightLevel = exposure.UNEXPOSED
+          ) -> np.ndarray:
+    """uint8 [S, S, 3] image of a rasterised scene in `domain` (one of DOMAINS); the night is recorded
+    by the camera of severity level `night`, day and dusk always at the day's exposure."""
+    p = _DOMAIN[domain]
+    lens = lens_image(scene, geometry, domain)
+    time, gain = exposure.auto_exposure(lens, night) if domain == 'night' else (1.0, 1.0)
+    return exposure.capture(lens, _noise(scene, domain, lens.shape), p['read'], p['shot'], time, gain)
+
+
+def render(scene, domain: str, size: int, night: exposure.NightLevel = exposure.UNEXPOSED):
     """(image uint8 [S, S, 3], boxes float32 [N, 4], labels int64 [N]) of `scene` in `domain`."""
     geometry = raster.rasterize(scene, size)
-    return shade(scene, geometry, domain), geometry.boxes, geometry.labels
+    return shade(scene, geometry, domain, night), geometry.boxes, geometry.labels
