@@ -278,16 +278,22 @@ def test_image_terms_over_two_levels_are_the_means_of_the_single_level_values():
     ctx = _two_level_ctx()
     params = get_loss('dann_image').init(jax.random.key(2), ctx, levels='C3,C4', hidden=4)
     assert {name: p['conv']['kernel'].shape[2] for name, p in params.items()} == {'C3': 3, 'C4': 5}
-    both, metrics = dann_image(ctx, params, levels='C3,C4', hidden=4)
-    singles = [dann_image(ctx, {name: params[name]}, level=name, hidden=4) for name in ('C3', 'C4')]
-    np.testing.assert_allclose(float(both), np.mean([float(v) for v, _ in singles]), rtol=1e-6)
+
+    @jax.jit  # one program for every value (eagerly, each operation compiles on its own)
+    def values(params):
+        return {'both': dann_image(ctx, params, levels='C3,C4', hidden=4),
+                'singles': [dann_image(ctx, {name: params[name]}, level=name, hidden=4) for name in ('C3', 'C4')],
+                'default': dann_image(ctx, params, hidden=4)[0],  # the detector's alignment levels
+                'pairs': [(term(ctx, levels=('C3', 'C4'))[0], [term(ctx, level=name)[0] for name in ('C3', 'C4')])
+                          for term in (mmd, coral_loss)]}
+    v = values(params)
+    (both, metrics), singles = v['both'], v['singles']
+    np.testing.assert_allclose(float(both), np.mean([float(x) for x, _ in singles]), rtol=1e-6)
     np.testing.assert_allclose(float(metrics['source_bce']), np.mean([float(m['source_bce']) for _, m in singles]),
                                rtol=1e-6)
-    default, _ = dann_image(ctx, params, hidden=4)  # the detector's alignment levels
-    np.testing.assert_allclose(float(default), float(both), rtol=1e-7)
-    for term in (mmd, coral_loss):
-        np.testing.assert_allclose(float(term(ctx, levels=('C3', 'C4'))[0]),
-                                   np.mean([float(term(ctx, level=name)[0]) for name in ('C3', 'C4')]), rtol=1e-6)
+    np.testing.assert_allclose(float(v['default']), float(both), rtol=1e-7)
+    for pair, single in v['pairs']:
+        np.testing.assert_allclose(float(pair), np.mean([float(x) for x in single]), rtol=1e-6)
 
 
 @pytest.mark.parametrize('hparams,needle', [(dict(level='C3', levels='C4'), 'give one of them'),
