@@ -39,7 +39,11 @@ def _single_process_reference(num_devices):
 
 def test_two_processes_equal_single_process(tmp_path):
     port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    # 2 devices per process, and the session's other XLA flags (tests/conftest.py: fast compiles, as the
+    # single-process reference below is compiled)
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    env = {**os.environ, "XLA_FLAGS": " ".join(["--xla_force_host_platform_device_count=2", *flags]),
+           "JAX_PLATFORMS": "cpu"}
     script = os.path.join(HERE, "scripts", "multiprocess_step.py")
     outs = [str(tmp_path / f"p{i}.npz") for i in range(2)]
     procs = [subprocess.Popen([sys.executable, script, str(i), "2", str(port), outs[i]], env=env,

@@ -34,7 +34,12 @@ def _assert_close(a, b, rtol=2e-4):
 # The full objective, with the optional feature loss on (a frozen, randomly initialised backbone of ours:
 # a width-0.125 ResNet-10, the smallest that has the levels, since its layers are compiled into each step).
 WEIGHTS = {'feature': 0.5}
-FEATURES = random_features('resnet18', 0.125, levels=('C2', 'C3'), seed=0,
+
+
+@functools.cache
+def _features():
+    """The frozen features, built on first use (not at import: every xdist worker imports this file)."""
+    return random_features('resnet18', 0.125, levels=('C2', 'C3'), seed=0,
                            backbone_kwargs={'stage_sizes': (1, 1, 1, 1)})
 
 
@@ -44,7 +49,7 @@ def runs():
     batches = [unit_tiny.batch(0), unit_tiny.batch(1)]
     start = jax.device_get(init_state(cfg))
     return cfg, batches, start, {n: unit_tiny.run_steps(cfg, batches, n, state=start, weights=WEIGHTS,
-                                                        features=FEATURES) for n in (1, 4)}
+                                                        features=_features()) for n in (1, 4)}
 
 
 def test_four_devices_equal_one_device(runs):
@@ -92,7 +97,7 @@ def _networks(cfg, gen, disc0, disc1, x_a, x_b, noise, noise_cycle):
     z_a, z_b = h_a + noise[:b], h_b + noise[b:]
     x_ab, x_ba = dec(z_a, 'b'), dec(z_b, 'a')
     h_ab, h_ba = enc(x_ab, 'b'), enc(x_ba, 'a')
-    feat = lambda x: FEATURES((x + 1.0) / 2.0)  # noqa: E731
+    feat = lambda x: _features()((x + 1.0) / 2.0)  # noqa: E731
     return {'x_aa': dec(z_a, 'a'), 'x_bb': dec(z_b, 'b'), 'x_aba': dec(h_ab + noise_cycle[:b], 'a'),
             'x_bab': dec(h_ba + noise_cycle[b:], 'b'), 'h_a': h_a, 'h_b': h_b, 'h_ab': h_ab, 'h_ba': h_ba,
             'd0_real_a': crit(disc0, x_a, 'a'), 'd0_ba': crit(disc0, x_ba, 'a'),
