@@ -1,5 +1,7 @@
 """BatchNorm policies of the generic step (adapt.methods.step): frozen normalises a training pass exactly as
 evaluation does; joint normalises both domains with the statistics of their concatenation."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,10 +21,17 @@ def probe(ctx):
 PROBE = 'tests.test_bn_policy:probe'
 
 
+@functools.cache
+def _policy_stepper(policy):
+    """(config, initial state, step) of the probed source-only step under `policy`: built once per policy for
+    the module (every build traces the step again)."""
+    config = tiny_config(method='source_only', adaptation_losses=f'{PROBE}:1.0', bn_policy=policy)
+    return config, *_stepper(config, 1)
+
+
 def _step_logits(policy, source, target):
     """(target class logits of the step's training pass, BatchNorm statistics after it)."""
-    config = tiny_config(method='source_only', adaptation_losses=f'{PROBE}:1.0', bn_policy=policy)
-    state, step = _stepper(config, 1)
+    _, state, step = _policy_stepper(policy)
     new, metrics = step(state, {'source': source, 'target': target})
     return metrics[f'{PROBE}/logits'], new.batch_stats
 
@@ -40,12 +49,12 @@ def test_frozen_training_pass_normalises_as_evaluation():
     (running statistics) and the statistics stay unchanged; under `source` it does not (batch statistics)."""
     source, target = _batch(0), _batch(1)
     for policy in ('frozen', 'source'):
-        config = tiny_config(method='source_only', adaptation_losses=f'{PROBE}:1.0', bn_policy=policy)
-        state, step = _stepper(config, 1)
+        config, state, step = _policy_stepper(policy)
         state = _trained_statistics(state)
         new, metrics = step(state, {'source': source, 'target': target})
-        evaluated, _, _ = setup(config, 3).detector.apply({'params': state.params['detector'], 'batch_stats': state.batch_stats},
-                                           target['image'], train=False)
+        detector = setup(config, 3).detector
+        evaluated, _, _ = jax.jit(functools.partial(detector.apply, train=False))(
+            {'params': state.params['detector'], 'batch_stats': state.batch_stats}, target['image'])
         same = np.allclose(metrics[f'{PROBE}/logits'], evaluated['cls_logits'], rtol=1e-5, atol=1e-5)
         assert same == (policy == 'frozen'), policy
         if policy == 'frozen':

@@ -77,7 +77,7 @@ def _assert_instances(features, want):
 # ------------------------------------------------------------------------------------------ (a) the features
 def test_ssd_instances_are_the_level_maps_at_the_chosen_anchors_cells():
     detector, variables = _ssd()
-    outputs, features, _ = detector.apply(variables, _images(2))
+    outputs, features, _ = jax.jit(detector.apply)(variables, _images(2))
     maps = [np.asarray(features[name]) for name in LEVELS]  # no head convs: the predictors read the levels
     want, top = _expected_instances(detector, outputs, maps)
     _assert_instances(features, want)
@@ -100,8 +100,8 @@ def test_with_head_convs_the_instances_are_the_class_convs_input():
     back the class logits through the predictor's own kernel, re-applied in NumPy."""
     detector, variables = _ssd(head_convs=1)
     images = _images(3)
-    outputs, features, _ = detector.apply(variables, images)
-    _, raw = detector.eval_model.apply(variables, images)
+    outputs, features, _ = jax.jit(detector.apply)(variables, images)
+    _, raw = jax.jit(detector.eval_model.apply)(variables, images)
     head_maps = [np.asarray(m, np.float64) for m in raw['head_maps']]
     first = 0
     for k, (m, per) in enumerate(zip(head_maps, PER_LOCATION)):
@@ -132,8 +132,9 @@ def test_dann_instance_sends_each_instance_to_its_levels_classifier():
     """One classifier per level (input width = the level's channels); the loss is the mean BCE over every
     selected instance of each domain (source 0, target 1), halved: re-derived with NumPy classifiers."""
     detector, variables = _ssd()
-    _, source, _ = detector.apply(variables, _images(4))
-    _, target, _ = detector.apply(variables, _images(5))
+    forward = jax.jit(detector.apply)
+    _, source, _ = forward(variables, _images(4))
+    _, target, _ = forward(variables, _images(5))
     ctx = _ctx(detector, source, target)
     params = get_loss('dann_instance').init(jax.random.key(0), ctx, hidden=8)
     assert {name: p['hidden']['kernel'].shape[0] for name, p in params.items()} == {
@@ -163,7 +164,7 @@ def test_dann_instance_reaches_the_detector_only_through_the_maps_the_heads_read
     batch = {'boxes': np.concatenate([lo, lo + 0.4], -1).astype(np.float32),
              'labels': np.zeros((2, 4), np.int32), 'mask': np.ones((2, 4), bool)}
     source_images, target_images = _images(6), _images(7)
-    _, features, _ = detector.apply(variables, source_images)
+    _, features, _ = jax.jit(detector.apply)(variables, source_images)
     classifiers = get_loss('dann_instance').init(jax.random.key(1), _ctx(detector, features, features), hidden=8)
 
     @jax.jit
@@ -311,7 +312,7 @@ def test_faster_rcnn_instances_are_one_group_of_roi_features():
     from tests.test_faster_rcnn import frcnn_config
     detector = build_detector(frcnn_config(), 6)
     variables = _random_variables(detector.init)
-    _, features, _ = detector.apply(variables, _images(8))
+    _, features, _ = jax.jit(detector.apply)(variables, _images(8))
     assert set(features['instances']) == {'roi'}
     roi = features['instances']['roi']
     assert roi['features'].shape == (2, 8, 32)
@@ -351,9 +352,9 @@ def test_a_run_saved_with_the_instance_projections_continues_as_init_run(tmp_pat
     checkpointer.save(0, {'params': {'detector': old_params}, 'batch_stats': variables['batch_stats']})
     checkpointer.close()
     run = load_run(str(tmp_path), 'detector')
-    outputs, _, _ = run_detector(run).apply(run.variables(), _images(10))  # evaluation reads what it has
+    outputs, _, _ = jax.jit(run_detector(run).apply)(run.variables(), _images(10))  # evaluation reads what it has
     np.testing.assert_allclose(np.asarray(outputs['cls_logits']),
-                               np.asarray(detector.apply(variables, _images(10))[0]['cls_logits']), rtol=1e-6)
+                               np.asarray(jax.jit(detector.apply)(variables, _images(10))[0]['cls_logits']), rtol=1e-6)
     continued = run.config
     continued.update(method='dann', init_run=str(tmp_path))
     loaded = initial_variables(continued, setup(continued, 3).detector)

@@ -89,7 +89,7 @@ def test_retinanet_and_yolo_give_no_objectness_or_class_gradient_over_an_ignore_
     batch = _pseudo_batch()
     for family in ('retinanet', 'yolo'):
         det = setup(yolo_config() if family == 'yolo' else tiny_config(detector=family), 3).detector
-        outputs = det.apply(det.init(jax.random.PRNGKey(0)), np.zeros((2, 32, 32, 3), np.float32))[0]
+        outputs = jax.jit(lambda: det.apply(det.init(jax.random.PRNGKey(0)), jnp.zeros((2, 32, 32, 3)))[0])()
         key = 'objectness' if family == 'yolo' else 'cls_logits'
 
         def loss(x, b):
