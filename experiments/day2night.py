@@ -42,6 +42,7 @@ flags.DEFINE_list('only', None, 'Bring only these stages (and what they depend o
 
 def resolve_config():
     from adapt.protocol.day2night import method_names
+    from adapt.protocol.spec import severity_methods
     config = FLAGS.config
     with config.unlocked():
         if FLAGS.methods is not None:
@@ -56,7 +57,7 @@ def resolve_config():
         with config.unlocked():
             config.domains.update(bdd100k_domains())
     try:
-        method_names(config)
+        severity_methods(config, method_names(config))
     except ValueError as error:
         common.usage_error(str(error))
     for role in ('source', 'intermediate', 'target'):

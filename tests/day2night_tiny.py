@@ -1,7 +1,7 @@
 """The Day2Night protocol at test size: daynight_synth/tiny (4 train, 2 validation and 2 test images per
 domain), the tiny detector at 32 px, 2 steps per training stage, the two reference methods (so no UNIT
-stage: no method here reads one; `--methods=...,online_translation` adds the tiny UNIT below) and no
-sequential run. Usable in-process (`get_config()`) and as `--config=tests/day2night_tiny.py` of
+stage: no method here reads one; `--methods=...,online_translation` adds the tiny UNIT below), their night
+severity sweep over levels 2 and 4, and no sequential run. Usable in-process (`get_config()`) and as `--config=tests/day2night_tiny.py` of
 experiments.day2night."""
 import os
 import sys
@@ -28,6 +28,7 @@ def get_config():
                               image_every=0, shuffle_buffer=16, batch_size=4, tensorboard=False)
     c.unit.loss.weights.update(semantic=10.0, labelled_cycle=0.0, feature=0.0)
     c.sequential_steps = 0  # the R matrix: tests/test_day2night_report.py
+    c.severities = '2,4'    # tiny's own night is level 4: the sweep adds level 2's rows
     c.bootstrap_samples = 20
     c.feature_images = 2
     c.frame_sizes = 'train'

@@ -126,6 +126,39 @@ def test_report_numbers_are_pycocotools_on_the_files_beside_them(protocol):
         assert os.path.getsize(os.path.join(root, 'report', figure)) > 1000
 
 
+def test_severity_sweep_is_pycocotools_on_each_levels_files_over_the_same_scenes(protocol):
+    """Level 2's rows are their own stages (same burn-in, night of tiny_sev2); level 4's are the main rows. Each
+    level's night mAP@0.5 is pycocotools' on that level's evaluation files, its share of the gap the closed form,
+    and both levels' night ground truth is the same boxes (the same scenes, another camera)."""
+    root = protocol[0]
+    report = json.load(open(os.path.join(root, 'report', 'report.json')))
+    sweep = report['severity']
+    assert sweep['levels'] == [2, 4] and sweep['own_level'] == 4 and sweep['names'] == {'2': 'dim', '4': 'unexposed'}
+    assert list(sweep['rows']) == ['source_only', 'oracle']
+    truth = {}
+    for k, prefix in ((2, 'severity2/'), (4, '')):
+        workdir = os.path.join(root, report['stages'][f'evaluate/{prefix}method/source_only@seed0'])
+        truth[k] = json.load(open(os.path.join(workdir, 'ground_truth_night.json')))
+        for m, row in sweep['rows'].items():
+            workdir = os.path.join(root, report['stages'][f'evaluate/{prefix}method/{m}@seed0'])
+            gt, dets = (json.load(open(os.path.join(workdir, f'{kind}_night.json')))
+                        for kind in ('ground_truth', 'detections'))
+            want = max(pycocotools_summary(gt, dets)['AP50'], 0.0)
+            assert row['target_AP50'][sweep['levels'].index(k)] == pytest.approx(want, abs=1e-12), (m, k)
+        if k == 4:
+            assert [r['target_AP50'][1] for r in sweep['rows'].values()] == [
+                report['methods'][m]['test_night']['AP50'] for m in sweep['rows']]
+    boxes = lambda gt: sorted((a['image_id'], tuple(a['bbox']), a['category_id']) for a in gt['annotations'])  # noqa: E731
+    assert boxes(truth[2]) == boxes(truth[4]) and boxes(truth[4])
+    for i in range(2):
+        so, oracle = sweep['rows']['source_only']['target_AP50'][i], sweep['rows']['oracle']['target_AP50'][i]
+        for row in sweep['rows'].values():
+            want = (row['target_AP50'][i] - so) / (oracle - so) if oracle > so else None
+            assert row['gap_closed'][i] == (want if want is None else pytest.approx(want, abs=1e-12))
+        assert sweep['source_only_over_oracle'][i] == (pytest.approx(so / oracle) if oracle > 0 else None)
+    assert os.path.getsize(os.path.join(root, 'report', report['figures']['severity'])) > 0
+
+
 def test_test_splits_are_read_by_the_evaluation_stages_alone(protocol):
     reads = protocol[1]
     test_reads = {stage for stage, split in reads if split.startswith('test_')}

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 import adapt.datasets  # noqa: F401  registers the builders
 from adapt.datasets.daynight_synth import exposure, raster, render
-from adapt.datasets.daynight_synth.daynight_synth import SPLIT_CODES, DaynightSynth, make_example
+from adapt.datasets.daynight_synth.daynight_synth import SPLIT_CODES, DaynightSynth, at_severity, make_example, severity_of
 from adapt.datasets.daynight_synth.scene import sample_scene, split_seed
 
 LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709
@@ -144,3 +144,18 @@ def test_configs_and_the_paired_split_at_a_level(tmp_path):
         np.testing.assert_array_equal(ex['image_night'][0], render.shade(scene, geometry, 'night', exposure.LEVELS[1]))
         np.testing.assert_array_equal(ex['image'], render.shade(scene, geometry, 'day'))
         np.testing.assert_array_equal(ex['objects']['bbox'], geometry.boxes)
+
+
+def test_a_datasets_name_at_another_severity():
+    """The protocol's sweep names a level by its builder config (written out here by hand)."""
+    configs = {c.name: c.severity for c in DaynightSynth.BUILDER_CONFIGS}
+    cases = {('daynight_synth/r128_small', 2): 'daynight_synth/r128_small_sev2',
+             ('daynight_synth/r128_small_sev2', 4): 'daynight_synth/r128_small',
+             ('daynight_synth/tiny_sev3', 1): 'daynight_synth/tiny_sev1', ('daynight_synth/r64', 4): 'daynight_synth/r64'}
+    for (dataset, level), want in cases.items():
+        assert at_severity(dataset, level) == want
+        assert configs[want.split('/')[1]] == severity_of(want) == level
+    with pytest.raises(ValueError, match='valid choices: 1, 2, 3, 4'):
+        at_severity('daynight_synth/tiny', 5)
+    with pytest.raises(ValueError, match="levels of daynight_synth, not of 'bdd100k/night'"):
+        at_severity('bdd100k/night', 2)

@@ -17,7 +17,8 @@ import time
 
 import ml_collections
 
-from adapt.protocol.spec import Domain, domains, extra_methods, needs_unit, row_method
+from adapt.protocol.spec import (Domain, domains, extra_methods, needs_unit, row_method, severity_config,
+                                 severity_methods, swept_levels)
 from adapt.protocol.stages import Stage, expand_seeds, seed_name
 
 LOG_FILE = 'log.txt'
@@ -144,33 +145,45 @@ def _progress(ctx, total, unit='steps'):
 
 # --- stages ---------------------------------------------------------------------------------------------
 
+def _prepare(ctx, builders, doms, manual_dir) -> dict:
+    """Prepares the datasets of `doms` {name: Domain} and returns the frame count of every split they read."""
+    import tensorflow_datasets as tfds
+    counts = {}
+    for dom in doms.values():
+        builder = builders(dom.dataset)
+        if not builder.is_prepared():
+            ctx.print_fn(f'  preparing {builder.info.full_name} in {builder.data_dir} ...')
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        for role in ('train', 'validation', 'test'):
+            split = getattr(dom, role)
+            if split.split('[')[0] not in builder.info.splits:
+                raise ValueError(f'{builder.info.full_name} has no split {split!r} ({dom.name} {role}); '
+                                 f'it has {", ".join(sorted(builder.info.splits))}')
+            counts[f'{dom.name}/{role}'] = {'dataset': builder.info.full_name, 'split': split,
+                                            'count': int(builder.info.splits[split].num_examples)}
+            ctx.print_fn(f"  {dom.name} {role}: {builder.info.full_name} {split}, "
+                         f"{counts[f'{dom.name}/{role}']['count']:,} frames")
+    return {'splits': counts}
+
+
+def _data_headline(result):
+    return ', '.join(f"{k} {v['count']}" for k, v in result['splits'].items() if k.endswith('/test'))
+
+
 def data_stage(config, builders, manual_dir=None) -> Stage:
     """Prepares every dataset (procedural builders generate theirs; BDD100K reads `manual_dir`) and records
     the frame count of every split the protocol reads."""
     d = domains(config)
-
-    def run(ctx):
-        import tensorflow_datasets as tfds
-        counts = {}
-        for dom in d.values():
-            builder = builders(dom.dataset)
-            if not builder.is_prepared():
-                ctx.print_fn(f'  preparing {builder.info.full_name} in {builder.data_dir} ...')
-                builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-            for role in ('train', 'validation', 'test'):
-                split = getattr(dom, role)
-                if split.split('[')[0] not in builder.info.splits:
-                    raise ValueError(f'{builder.info.full_name} has no split {split!r} ({dom.name} {role}); '
-                                     f'it has {", ".join(sorted(builder.info.splits))}')
-                counts[f'{dom.name}/{role}'] = {'dataset': builder.info.full_name, 'split': split,
-                                                'count': int(builder.info.splits[split].num_examples)}
-                ctx.print_fn(f"  {dom.name} {role}: {builder.info.full_name} {split}, "
-                             f"{counts[f'{dom.name}/{role}']['count']:,} frames")
-        return {'splits': counts}
-
     settings = {'domains': config.domains.to_dict(), 'manual_dir': manual_dir or ''}
-    return Stage('data', settings, run=run, headline=lambda r: ', '.join(
-        f"{k} {v['count']}" for k, v in r['splits'].items() if k.endswith('/test')))
+    return Stage('data', settings, run=lambda ctx: _prepare(ctx, builders, d, manual_dir), headline=_data_headline)
+
+
+def severity_data_stage(config, builders, level) -> Stage:
+    """The night of a swept severity level, prepared apart so that sweeping leaves every other stage as it is."""
+    dom = severity_config(config, level).domains[config.target]
+    named = {f'{config.target}_sev{level}': Domain(f'{config.target}_sev{level}', **dom.to_dict())}
+    return Stage(f'data/severity{level}', {'domain': dom.to_dict()},
+                 run=lambda ctx: _prepare(ctx, builders, named, None), headline=_data_headline)
 
 
 def _train_detector(ctx, c, builders, test_splits):
@@ -218,28 +231,11 @@ def seed_stages(config, builders, methods, seed) -> list:
     stages.append(Stage('burn_in', {'config': burn.to_dict()}, deps=('data',), headline=_headline,
                         run=lambda ctx: _train_detector(ctx, burn, builders, tests)))
 
-    def run_unit(ctx):
-        from adapt.trainers import unit
-        c = unit_config(config, seed, ctx.dep_workdirs[sn('burn_in')])
-        start = time.time()
-        unit.from_config(c).train(builders(c.dataset_a), builders(c.dataset_b), ctx.workdir,
-                                  data_dir=builders.data_dir, print_fn=_logged(ctx),
-                                  on_step=_progress(ctx, c.num_steps))
-        return {'num_steps': c.num_steps, 'seconds': time.time() - start}
-
-    if any(needs_unit(config, m) for m in methods):  # no method reads a translator: no UNIT stage
-        stages.append(Stage('unit', {'config': unit_config(config, seed, '').to_dict()}, deps=('burn_in',),
-                            run=run_unit))
-
-    for method in methods:
-        deps = ('burn_in', 'unit') if needs_unit(config, method) else ('burn_in',)
-        settings = {'config': method_config(config, method, seed, '', '').to_dict()}
-
-        def run_method(ctx, method=method):
-            c = method_config(config, method, seed, ctx.dep_workdirs[sn('burn_in')],
-                              ctx.dep_workdirs.get(sn('unit'), ''))
-            return _train_detector(ctx, c, builders, tests)
-        stages.append(Stage(f'method/{method}', settings, deps=deps, run=run_method, headline=_headline))
+    stages += adaptation_stages(config, builders, methods, seed)
+    if seed == 0:  # the severity sweep: one seed, every level's rows continuing the same burn-in
+        for level in swept_levels(config):
+            stages += adaptation_stages(severity_config(config, level), builders, severity_methods(config, methods),
+                                        seed, prefix=f'severity{level}/', deps=(f'data/severity{level}',))
 
     # Sequential labelled training day -> dusk -> night: the R[i, j] matrix of backward / forward transfer
     # (sequential_steps 0: not run).
@@ -257,25 +253,66 @@ def seed_stages(config, builders, methods, seed) -> list:
         name = f'sequential/{dom.name}'
         stages.append(Stage(name, {'config': c.to_dict()}, deps=(previous,), run=run_seq, headline=_headline))
         previous = name
-    stages.extend(evaluation_stages(config, builders, methods, seed))
+    stages.extend(evaluation_stages(config, builders, ['burn_in'] + [
+        f'sequential/{n}' for n in (config.intermediate, config.target) if config.sequential_steps], seed))
     return stages
 
 
-def evaluation_stages(config, builders, methods, seed) -> list:
-    """One evaluation stage per evaluated run: the methods, the burn-in (the 'before' of forgetting and row
-    0 of R) and the sequential runs (R's other rows)."""
+def adaptation_stages(config, builders, methods, seed, prefix='', deps=()) -> list:
+    """The UNIT stage (where a method reads it), every method continued from the burn-in, and their evaluations,
+    named `<prefix><name>` (the severity sweep's levels: 'severity<k>/', each with its data stage in `deps`).
+    The burn-in is the one stage shared by every prefix."""
+    extra = tuple(deps)
+    tests = {dom.test.split('[')[0] for dom in domains(config).values()}
+    sn = lambda name: seed_name(name, seed)  # noqa: E731  (a dep's workdir key in ctx.dep_workdirs)
+    stages = []
+
+    def run_unit(ctx):
+        from adapt.trainers import unit
+        c = unit_config(config, seed, ctx.dep_workdirs[sn('burn_in')])
+        start = time.time()
+        unit.from_config(c).train(builders(c.dataset_a), builders(c.dataset_b), ctx.workdir,
+                                  data_dir=builders.data_dir, print_fn=_logged(ctx),
+                                  on_step=_progress(ctx, c.num_steps))
+        return {'num_steps': c.num_steps, 'seconds': time.time() - start}
+
+    if any(needs_unit(config, m) for m in methods):  # no method reads a translator: no UNIT stage
+        stages.append(Stage(f'{prefix}unit', {'config': unit_config(config, seed, '').to_dict()},
+                            deps=('burn_in', *extra), run=run_unit))
+
+    for method in methods:
+        deps = ('burn_in', f'{prefix}unit', *extra) if needs_unit(config, method) else ('burn_in', *extra)
+        settings = {'config': method_config(config, method, seed, '', '').to_dict()}
+
+        def run_method(ctx, method=method):
+            c = method_config(config, method, seed, ctx.dep_workdirs[sn('burn_in')],
+                              ctx.dep_workdirs.get(sn(f'{prefix}unit'), ''))
+            return _train_detector(ctx, c, builders, tests)
+        stages.append(Stage(f'{prefix}method/{method}', settings, deps=deps, run=run_method, headline=_headline))
+    # The sweep's levels evaluate the source and target tests alone, without the methods' full extras.
+    full = not prefix
+    return stages + evaluation_stages(config, builders, [f'{prefix}method/{m}' for m in methods], seed, full=full)
+
+
+def evaluation_stages(config, builders, runs, seed, full=None) -> list:
+    """One evaluation stage per evaluated run: the methods (full: intervals, curves, features, costs,
+    examples), the burn-in (the 'before' of forgetting and row 0 of R) and the sequential runs (R's other
+    rows). Not full: the source and target domains' test metrics alone."""
     from adapt.protocol import evaluation
     d = domains(config)
-    settings = {'domains': config.domains.to_dict(), 'bootstrap_samples': config.bootstrap_samples,
+    if full is False:
+        d = {name: d[name] for name in (config.source, config.target)}
+    settings = {'domains': {name: config.domains[name].to_dict() for name in d},
+                'bootstrap_samples': config.bootstrap_samples,
                 'feature_images': config.feature_images, 'frame_sizes': config.frame_sizes,
                 'num_examples': config.num_examples, 'target': config.target, 'version': 2}
-    runs = [f'method/{m}' for m in methods] + ['burn_in'] + [
-        f'sequential/{n}' for n in (config.intermediate, config.target) if config.sequential_steps]
+    if full is False:
+        settings['full'] = False
     stages = []
     for run_name in runs:
         def run(ctx, run_name=run_name):
             return evaluation.evaluate_run(ctx, ctx.dep_workdirs[seed_name(run_name, seed)], d, config, builders,
-                                           full=run_name.startswith('method/'))
+                                           full=bool(full) if full is not None else run_name.startswith('method/'))
         stages.append(Stage(f'evaluate/{run_name}', settings, deps=(run_name,), run=run,
                             headline=evaluation.headline))
     return stages
@@ -288,6 +325,7 @@ def build_stages(config, *, data_dir=None, manual_dir=None, builders=None) -> li
     methods = method_names(config)
     seeds = list(range(config.seeds))
     stages = [data_stage(config, builders, manual_dir)]
+    stages += [severity_data_stage(config, builders, level) for level in swept_levels(config)]
     stages += expand_seeds(lambda seed: seed_stages(config, builders, methods, seed), seeds)
     stages.append(report.report_stage(config, methods, seeds, [s.name for s in stages]))
     return stages

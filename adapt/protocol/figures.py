@@ -1,6 +1,6 @@
 """Figures of the Day2Night protocol report: a grouped bar chart of a metric per method and domain with
-95 % confidence intervals, precision-recall curves of several methods on one axes, and a labelled grid of
-example images (e.g. the same night frame translated and detected by each method).
+95 % confidence intervals, precision-recall curves of several methods on one axes, each row's night
+mAP@0.5 and share of the gap against the night severity, and a labelled grid of example images (e.g. the same night frame translated and detected by each method).
 
 Charts use matplotlib's object API on an Agg canvas (no pyplot, no display, no global backend); the
 image grid is drawn with PIL so the pixels of the examples land in the PNG unchanged (no resampling
@@ -109,6 +109,34 @@ def _pr_figure(curves: dict, title: str) -> Figure:
 def precision_recall_chart(curves: dict, path: str, *, title: str = '') -> str:
     """Precision against recall of every method in ``curves`` {method: (recall, precision)}."""
     _pr_figure(curves, title).savefig(_ready(path), format='png')
+    return path
+
+
+def _severity_figure(severity: dict) -> Figure:
+    """Two axes over the night severity levels: each row's target mAP@0.5, and its share of the source-only ->
+    oracle gap (left out at a level where the oracle does not beat source only)."""
+    levels = severity['levels']
+    labels = [f"{k} {severity['names'][str(k)]}" for k in levels]
+    fig = _new_figure(11.0, 4.5)
+    axes = fig.subplots(1, 2)
+    for i, (row, values) in enumerate(severity['rows'].items()):
+        for ax, key in zip(axes, ('target_AP50', 'gap_closed')):
+            ax.plot(range(len(levels)), [v if _finite(v) else np.nan for v in values[key]], marker='o',
+                    color=f'C{i}', label=row)  # NaN breaks the line at an undefined level
+    axes[0].set(ylabel=f"{severity['target']} test mAP@0.5", ylim=(0, None))
+    axes[1].set(ylabel='share of the gap closed')
+    axes[1].axhline(0.0, color='black', linewidth=0.8)
+    for ax in axes:
+        ax.set_xticks(range(len(levels)), labels)
+        ax.set(xlabel='night severity (1 easiest)', xlim=(-0.3, len(levels) - 0.7))
+        ax.grid(alpha=0.3)
+    axes[1].legend(*axes[0].get_legend_handles_labels(), loc='upper left', bbox_to_anchor=(1.01, 1), fontsize='small')
+    return fig
+
+
+def severity_chart(severity: dict, path: str) -> str:
+    """The report's `severity` block ({levels, names, target, rows: {row: {target_AP50, gap_closed}}}) drawn."""
+    _severity_figure(severity).savefig(_ready(path), format='png')
     return path
 
 

@@ -19,7 +19,8 @@ import subprocess
 
 import numpy as np
 
-from adapt.protocol.spec import domains, needs_unit, trains
+from adapt.protocol.spec import (domains, needs_unit, severity_levels, severity_methods, target_severity,
+                                 trains)
 from adapt.protocol.stages import Stage, canonical_json, seed_name
 
 REPORT_DIR = 'report'
@@ -238,6 +239,7 @@ def write_report(ctx, config, methods, seeds) -> dict:
               'roles': {'source': config.source, 'intermediate': config.intermediate, 'target': config.target},
               'splits': ctx.deps['data']['splits'], 'selection': 'last checkpoint', **combined,
               'stages': stage_dirs}
+    report['severity'] = severity_sweep(config, ctx.deps, methods)
     report['figures'] = _figures(root, ctx, report, methods, seeds, domain_names, figures)
     with open(os.path.join(root, 'report.json'), 'w') as f:
         json.dump(_json_safe(report), f, indent=1)
@@ -245,6 +247,36 @@ def write_report(ctx, config, methods, seeds) -> dict:
     with open(os.path.join(root, 'report.md'), 'w') as f:
         f.write(render(report))
     return {'report_md': os.path.join(root, 'report.md'), 'report_json': os.path.join(root, 'report.json')}
+
+
+def severity_sweep(config, deps, methods) -> dict | None:
+    """Each swept row's target mAP@0.5 (and source mAP@0.5) per night severity level, seed 0, and its share of
+    that level's source-only -> oracle gap; the target's own level reads the main rows' evaluations. None
+    without `severities`."""
+    from adapt.datasets.daynight_synth.exposure import LEVELS
+    from adapt.evaluation.transfer import gap_closed
+    levels = severity_levels(config)
+    if not levels:
+        return None
+    own = target_severity(config)
+
+    def test(row, level):
+        prefix = '' if level == own else f'severity{level}/'
+        return deps[seed_name(f'evaluate/{prefix}method/{row}', 0)]['test']
+    rows = severity_methods(config, methods)
+    night = {m: [test(m, k)[config.target]['AP50'] for k in levels] for m in rows}
+    out = {'levels': levels, 'names': {str(k): LEVELS[k - 1].name for k in levels}, 'own_level': own, 'seed': 0,
+           'target': config.target,
+           'source_only_over_oracle': [float(s / o) if o > 0 else None
+                                       for s, o in zip(night['source_only'], night['oracle'])],
+           'rows': {}}
+    for m in rows:
+        out['rows'][m] = {
+            'target_AP50': night[m],
+            'source_AP50': [test(m, k)[config.source]['AP50'] for k in levels],
+            'gap_closed': [None if not np.isfinite(g) else float(g) for g in (
+                gap_closed(s, v, o) for s, v, o in zip(night['source_only'], night[m], night['oracle']))]}
+    return out
 
 
 def _json_safe(value):
@@ -271,6 +303,9 @@ def _figures(root, ctx, report, methods, seeds, domain_names, figures) -> dict:
         out['precision_recall'] = os.path.basename(figures.precision_recall_chart(
             curves, os.path.join(root, f'precision_recall_{report["roles"]["target"]}.png'),
             title=f'{report["roles"]["target"]} test, IoU 0.5'))
+    if report['severity']:
+        out['severity'] = os.path.basename(figures.severity_chart(report['severity'],
+                                                                  os.path.join(root, 'severity.png')))
     strip = []
     for m in methods:
         path = os.path.join(ctx.dep_workdirs[seed_name(f'evaluate/method/{m}', seeds[0])], EXAMPLES_FILE)

@@ -129,6 +129,7 @@ def render(report) -> str:
         out += _table(['method', 'pseudo-boxes per image', 'precision', 'recall'],
                       [[_name(m, methods[m]), _f(p['pseudo_boxes_per_image'], 2), _f(p['pseudo_precision']),
                         _f(p['pseudo_recall'])] for m, p in pseudo.items()]) + ['']
+    out += _severity_section(report.get('severity'))
     t = report['transfer']
     levels = list(dict.fromkeys(k for r in methods.values() for k in (r['proxy_a_distance'] or {})))
     out += ['## Feature gap and sequential transfer', '',
@@ -156,3 +157,19 @@ def render(report) -> str:
         'above can be recomputed from them with pycocotools. Numbers by key: `report.json`.',
         '', 'Packages: ' + ', '.join(f'{k} {v}' for k, v in report['packages'].items()), '']
     return '\n'.join(out)
+
+
+def _severity_section(sweep) -> list:
+    if not sweep:
+        return []
+    levels = sweep['levels']
+    heads = [f"{k} {sweep['names'][str(k)]}" for k in levels]
+    out = ['## Night severity', '',
+           f"{sweep['target']} test mAP@0.5 (share of the gap closed) per night severity level, seed {sweep['seed']}: "
+           f"every level's rows continue the same burn-in; level {sweep['own_level']} is the main table's. "
+           'Source only / oracle per level: ' + ', '.join(
+               f'{k}: {_f(r, 2)}' for k, r in zip(levels, sweep['source_only_over_oracle'])) + '.', '']
+    out += _table(['method'] + heads, [[m] + [f'{_f(v)} ({_f(g, 2, True)})' for v, g in
+                                              zip(r['target_AP50'], r['gap_closed'])]
+                                       for m, r in sweep['rows'].items()])
+    return out + ['']

@@ -50,3 +50,49 @@ def needs_unit(config, name: str) -> bool:
 def trains(config, name: str) -> bool:
     """Whether the row trains its detector (False: training-free, the burn-in's detector changed or wrapped)."""
     return row_method(config, name).trains_detector
+
+
+def severity_levels(config) -> list:
+    """The night severities of `severities` ('1,2,3,4'; '' = none), sorted; ValueError (one line) for a level
+    the target's dataset does not have."""
+    from adapt.datasets.daynight_synth.daynight_synth import at_severity
+    items = [x.strip() for x in config.get('severities', '').split(',') if x.strip()]
+    levels = []
+    for item in items:
+        if not item.isdigit():
+            raise ValueError(f'severities: {item!r} is not a level number')
+        at_severity(config.domains[config.target].dataset, int(item))  # raises for another dataset or level
+        levels.append(int(item))
+    return sorted(set(levels))
+
+
+def target_severity(config) -> int:
+    from adapt.datasets.daynight_synth.daynight_synth import severity_of
+    return severity_of(config.domains[config.target].dataset)
+
+
+def swept_levels(config) -> list:
+    """The swept levels that need their own stages: every level of `severities` but the target's own, whose
+    rows are the protocol's main rows."""
+    levels = severity_levels(config)
+    return [level for level in levels if level != target_severity(config)] if levels else []
+
+
+def severity_config(config, level: int):
+    """The protocol config with the target domain's night at `level` (its scenes, splits and labels the same)."""
+    import ml_collections
+    from adapt.datasets.daynight_synth.daynight_synth import at_severity
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.domains[config.target].dataset = at_severity(config.domains[config.target].dataset, level)
+    return c
+
+
+def severity_methods(config, methods) -> list:
+    """The rows swept over the severities: those of `severity_methods` the protocol runs, in its order;
+    ValueError (one line) without source_only and oracle, whose gap each level's share is of."""
+    wanted = {m.strip() for m in config.get('severity_methods', '').split(',') if m.strip()}
+    rows = [m for m in methods if m in wanted]
+    missing = [m for m in ('source_only', 'oracle') if m not in rows]
+    if missing and severity_levels(config):
+        raise ValueError(f'severities need the {" and ".join(missing)} row(s) in both methods and severity_methods')
+    return rows

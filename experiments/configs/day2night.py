@@ -54,6 +54,12 @@ def get_config():
     c.unit.num_steps = 400
     c.unit.image_every = 0
     c.unit.tensorboard = False
+    # Night severity sweep (daynight_synth): levels 1 dashcam, 2 dim, 3 dark, 4 unexposed (this night), e.g.
+    # '1,2,3,4'. Each level's rows continue the same burn-in (seed 0); the target's own level is the main table's.
+    c.severities = ''
+    # The swept rows (those the protocol runs): source_only and oracle (the gap), the three unsupervised rows
+    # ahead in the previous 3-seed table (README) and online translation.
+    c.severity_methods = 'source_only,oracle,mean_teacher,mmd,pseudo_label,online_translation'
     c.sequential_steps = 60           # per domain of the day -> dusk -> night run (backward transfer); 0: none
     c.bootstrap_samples = 200         # confidence intervals over test images
     c.feature_images = 200            # per domain, for the proxy A-distance

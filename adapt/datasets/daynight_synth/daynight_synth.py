@@ -57,6 +57,30 @@ def scene_id(split: str, index: int) -> int:
     return SPLIT_CODES[split] * 10**9 + index
 
 
+def config_name(base: str, severity: int) -> str:
+    """The builder config of `base`'s scenes with the night at `severity` (`base` itself for the unexposed
+    night, `<base>_sev<k>` otherwise)."""
+    return base if severity == exposure.UNEXPOSED.severity else f'{base}_sev{severity}'
+
+
+def at_severity(dataset: str, severity: int) -> str:
+    """'daynight_synth/<config>' of the same scenes as `dataset` with the night at `severity`; ValueError (one
+    line) for another dataset or an unknown level."""
+    family, _, config = dataset.partition('/')
+    if family != 'daynight_synth' or not config:
+        raise ValueError(f'night severities are levels of daynight_synth, not of {dataset!r}')
+    levels = [level.severity for level in exposure.LEVELS]
+    if severity not in levels:
+        raise ValueError(f'night severity {severity!r}; valid choices: {", ".join(map(str, levels))}')
+    return f'{family}/{config_name(config.split("_sev")[0], severity)}'
+
+
+def severity_of(dataset: str) -> int:
+    """The night severity of a 'daynight_synth/<config>' name."""
+    config = dataset.partition('/')[2]
+    return int(config.rsplit('_sev', 1)[1]) if '_sev' in config else exposure.UNEXPOSED.severity
+
+
 def make_example(split: str, index: int, resolution: int, severity: int = exposure.UNEXPOSED.severity) -> dict:
     """The TFDS example (NumPy values) for scene `index` of `split`, the night at `severity`."""
     scene = sample_scene(split_seed(SPLIT_CODES[split], index))
@@ -89,7 +113,7 @@ def _configs(name, resolution, train, evaluation, paired):
     sizes = (f'{resolution}x{resolution} px; {train} train scenes per domain, {evaluation} validation and '
              f'{evaluation} test scenes per domain, {paired} paired scenes.')
     return [DaynightSynthConfig(
-        name=name if level is exposure.UNEXPOSED else f'{name}_sev{level.severity}', resolution=resolution,
+        name=config_name(name, level.severity), resolution=resolution,
         num_train=train, num_eval=evaluation, num_paired=paired, severity=level.severity,
         description=f'{sizes} Night severity {level.severity} ({level.name}): {level.summary}.')
         for level in (exposure.UNEXPOSED, *exposure.LEVELS[:-1])]  # `name` first: r128 stays the default
