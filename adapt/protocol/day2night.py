@@ -254,7 +254,7 @@ def seed_stages(config, builders, methods, seed) -> list:
         stages.append(Stage(name, {'config': c.to_dict()}, deps=(previous,), run=run_seq, headline=_headline))
         previous = name
     stages.extend(evaluation_stages(config, builders, ['burn_in'] + [
-        f'sequential/{n}' for n in (config.intermediate, config.target) if config.sequential_steps], seed))
+        f'sequential/{n}' for n in (config.intermediate, config.target) if config.sequential_steps], seed, full=False))
     return stages
 
 
@@ -290,29 +290,26 @@ def adaptation_stages(config, builders, methods, seed, prefix='', deps=()) -> li
             return _train_detector(ctx, c, builders, tests)
         stages.append(Stage(f'{prefix}method/{method}', settings, deps=deps, run=run_method, headline=_headline))
     # The sweep's levels evaluate the source and target tests alone, without the methods' full extras.
-    full = not prefix
-    return stages + evaluation_stages(config, builders, [f'{prefix}method/{m}' for m in methods], seed, full=full)
+    return stages + evaluation_stages(config, builders, [f'{prefix}method/{m}' for m in methods], seed,
+                                      full=not prefix, only=(config.source, config.target) if prefix else None)
 
 
-def evaluation_stages(config, builders, runs, seed, full=None) -> list:
-    """One evaluation stage per evaluated run: the methods (full: intervals, curves, features, costs,
+def evaluation_stages(config, builders, runs, seed, *, full, only=None) -> list:
+    """One evaluation stage per evaluated run: the methods (`full`: intervals, curves, features, costs,
     examples), the burn-in (the 'before' of forgetting and row 0 of R) and the sequential runs (R's other
-    rows). Not full: the source and target domains' test metrics alone."""
+    rows), on every domain or on the domains named in `only`."""
     from adapt.protocol import evaluation
     d = domains(config)
-    if full is False:
-        d = {name: d[name] for name in (config.source, config.target)}
+    d = {name: d[name] for name in only} if only else d
     settings = {'domains': {name: config.domains[name].to_dict() for name in d},
                 'bootstrap_samples': config.bootstrap_samples,
                 'feature_images': config.feature_images, 'frame_sizes': config.frame_sizes,
                 'num_examples': config.num_examples, 'target': config.target, 'version': 2}
-    if full is False:
-        settings['full'] = False
     stages = []
     for run_name in runs:
         def run(ctx, run_name=run_name):
             return evaluation.evaluate_run(ctx, ctx.dep_workdirs[seed_name(run_name, seed)], d, config, builders,
-                                           full=bool(full) if full is not None else run_name.startswith('method/'))
+                                           full=full)
         stages.append(Stage(f'evaluate/{run_name}', settings, deps=(run_name,), run=run,
                             headline=evaluation.headline))
     return stages
