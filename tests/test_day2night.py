@@ -159,6 +159,26 @@ def test_severity_sweep_is_pycocotools_on_each_levels_files_over_the_same_scenes
     assert os.path.getsize(os.path.join(root, 'report', report['figures']['severity'])) > 0
 
 
+@pytest.mark.parametrize('severities, methods, message', [
+    ('7', 'source_only,oracle', 'night severity 7; valid choices: 1, 2, 3, 4'),
+    ('2,x', 'source_only,oracle', "severities: 'x' is not a level number"),
+    ('2', 'source_only,dann', 'severities need the oracle row'),
+])
+def test_bad_severity_settings_are_one_line_errors(severities, methods, message):
+    """What experiments.day2night checks before it starts (a usage error, exit 2)."""
+    from adapt.protocol.spec import severity_methods
+    from tests import day2night_tiny
+    config = day2night_tiny.get_config()
+    config.severities = severities
+    with pytest.raises(ValueError, match=message) as error:
+        severity_methods(config, methods.split(','))
+    assert '\n' not in str(error.value)
+    config.domains.night.dataset = 'bdd100k/night'
+    config.severities = '2'
+    with pytest.raises(ValueError, match="levels of daynight_synth, not of 'bdd100k/night'"):
+        severity_methods(config, ['source_only', 'oracle'])
+
+
 def test_test_splits_are_read_by_the_evaluation_stages_alone(protocol):
     reads = protocol[1]
     test_reads = {stage for stage, split in reads if split.startswith('test_')}

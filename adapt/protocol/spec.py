@@ -90,9 +90,10 @@ def severity_config(config, level: int):
 def severity_methods(config, methods) -> list:
     """The rows swept over the severities: those of `severity_methods` the protocol runs, in its order;
     ValueError (one line) without source_only and oracle, whose gap each level's share is of."""
+    levels = severity_levels(config)  # validated here: experiments.day2night checks its flags through this
     wanted = {m.strip() for m in config.get('severity_methods', '').split(',') if m.strip()}
     rows = [m for m in methods if m in wanted]
     missing = [m for m in ('source_only', 'oracle') if m not in rows]
-    if missing and severity_levels(config):
+    if missing and levels:
         raise ValueError(f'severities need the {" and ".join(missing)} row(s) in both methods and severity_methods')
     return rows
