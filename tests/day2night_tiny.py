@@ -1,8 +1,8 @@
 """The Day2Night protocol at test size: daynight_synth/tiny (4 train, 2 validation and 2 test images per
 domain), the tiny detector at 32 px, 2 steps per training stage, the two reference methods (so no UNIT
 stage: no method here reads one; `--methods=...,online_translation` adds the tiny UNIT below), their night
-severity sweep over levels 2 and 4, and no sequential run. Usable in-process (`get_config()`) and as `--config=tests/day2night_tiny.py` of
-experiments.day2night."""
+severity sweep over levels 2 and 4, and no sequential run. Usable in-process (`get_config()`) and as
+`--config=tests/day2night_tiny.py` of experiments.day2night."""
 import os
 import sys
 

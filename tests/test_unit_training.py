@@ -37,10 +37,10 @@ def _features():
 
 @pytest.fixture(scope='module')
 def runs():
-    """Two steps on 4 devices. (4 devices == 1 device for the UNIT trainer, every term but the feature loss on
+    """One step on 4 devices. (4 devices == 1 device for the UNIT trainer, every term but the feature loss on
     and the detection-aware terms too: tests/test_detection_aware.py.)"""
     cfg = unit_tiny.config()
-    batches = [unit_tiny.batch(0), unit_tiny.batch(1)]
+    batches = [unit_tiny.batch(0)]
     start = jax.device_get(init_state(cfg))
     return cfg, batches, start, unit_tiny.run_steps(cfg, batches, 4, state=start, weights=WEIGHTS, features=_features())
 
@@ -94,9 +94,9 @@ def test_step_objectives_match_a_numpy_reference(runs):
     step draws per example (normal draws keyed by fold_in(step key, global example index))."""
     cfg_dict, batches, start, (states, history) = runs
     after, metrics = states[0], history[0]
-    moved = np.abs(states[1].params['gen']['enc_shared']['res0_0']['conv']['kernel']
+    moved = np.abs(after.params['gen']['enc_shared']['res0_0']['conv']['kernel']
                    - start.params['gen']['enc_shared']['res0_0']['conv']['kernel']).max()
-    assert moved > 1e-4  # two steps really trained
+    assert moved > 1e-4  # the step really trained the generator too
     cfg = UNITConfig.from_mapping(cfg_dict.model)
     key = jax.random.fold_in(jnp.asarray(start.rng), 0)     # the engine's per-step key at step 0
     b = batches[0]['a'].shape[0]

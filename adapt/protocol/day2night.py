@@ -180,10 +180,9 @@ def data_stage(config, builders, manual_dir=None) -> Stage:
 
 def severity_data_stage(config, builders, level) -> Stage:
     """The night of a swept severity level, prepared apart so that sweeping leaves every other stage as it is."""
-    dom = severity_config(config, level).domains[config.target]
-    named = {f'{config.target}_sev{level}': Domain(f'{config.target}_sev{level}', **dom.to_dict())}
-    return Stage(f'data/severity{level}', {'domain': dom.to_dict()},
-                 run=lambda ctx: _prepare(ctx, builders, named, None), headline=_data_headline)
+    dom, name = severity_config(config, level).domains[config.target].to_dict(), f'{config.target}_sev{level}'
+    return Stage(f'data/severity{level}', {'domain': dom},
+                 run=lambda ctx: _prepare(ctx, builders, {name: Domain(name, **dom)}, None), headline=_data_headline)
 
 
 def _train_detector(ctx, c, builders, test_splits):
@@ -235,7 +234,7 @@ def seed_stages(config, builders, methods, seed) -> list:
     if seed == 0:  # the severity sweep: one seed, every level's rows continuing the same burn-in
         for level in swept_levels(config):
             stages += adaptation_stages(severity_config(config, level), builders, severity_methods(config, methods),
-                                        seed, prefix=f'severity{level}/', deps=(f'data/severity{level}',))
+                                        seed, prefix=f'severity{level}/', data=(f'data/severity{level}',))
 
     # Sequential labelled training day -> dusk -> night: the R[i, j] matrix of backward / forward transfer
     # (sequential_steps 0: not run).
@@ -258,11 +257,11 @@ def seed_stages(config, builders, methods, seed) -> list:
     return stages
 
 
-def adaptation_stages(config, builders, methods, seed, prefix='', deps=()) -> list:
+def adaptation_stages(config, builders, methods, seed, prefix='', data=()) -> list:
     """The UNIT stage (where a method reads it), every method continued from the burn-in, and their evaluations,
-    named `<prefix><name>` (the severity sweep's levels: 'severity<k>/', each with its data stage in `deps`).
+    named `<prefix><name>` (the severity sweep's levels: 'severity<k>/', each with its data stage in `data`).
     The burn-in is the one stage shared by every prefix."""
-    extra = tuple(deps)
+    extra = tuple(data)
     tests = {dom.test.split('[')[0] for dom in domains(config).values()}
     sn = lambda name: seed_name(name, seed)  # noqa: E731  (a dep's workdir key in ctx.dep_workdirs)
     stages = []

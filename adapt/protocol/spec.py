@@ -74,8 +74,7 @@ def target_severity(config) -> int:
 def swept_levels(config) -> list:
     """The swept levels that need their own stages: every level of `severities` but the target's own, whose
     rows are the protocol's main rows."""
-    levels = severity_levels(config)
-    return [level for level in levels if level != target_severity(config)] if levels else []
+    return [level for level in severity_levels(config) if level != target_severity(config)]
 
 
 def severity_config(config, level: int):

@@ -63,22 +63,29 @@ def config_name(base: str, severity: int) -> str:
     return base if severity == exposure.UNEXPOSED.severity else f'{base}_sev{severity}'
 
 
-def at_severity(dataset: str, severity: int) -> str:
-    """'daynight_synth/<config>' of the same scenes as `dataset` with the night at `severity`; ValueError (one
-    line) for another dataset or an unknown level."""
+def _base_and_severity(dataset: str) -> tuple:
+    """(base config, night severity) of a 'daynight_synth/<config>' name: `config_name` read back; ValueError
+    (one line) for another dataset."""
     family, _, config = dataset.partition('/')
     if family != 'daynight_synth' or not config:
         raise ValueError(f'night severities are levels of daynight_synth, not of {dataset!r}')
+    base, sep, level = config.rpartition('_sev')
+    return (base, int(level)) if sep else (config, exposure.UNEXPOSED.severity)
+
+
+def at_severity(dataset: str, severity: int) -> str:
+    """'daynight_synth/<config>' of the same scenes as `dataset` with the night at `severity`; ValueError (one
+    line) for another dataset or an unknown level."""
     levels = [level.severity for level in exposure.LEVELS]
+    base, _ = _base_and_severity(dataset)
     if severity not in levels:
         raise ValueError(f'night severity {severity!r}; valid choices: {", ".join(map(str, levels))}')
-    return f'{family}/{config_name(config.split("_sev")[0], severity)}'
+    return f'daynight_synth/{config_name(base, severity)}'
 
 
 def severity_of(dataset: str) -> int:
     """The night severity of a 'daynight_synth/<config>' name."""
-    config = dataset.partition('/')[2]
-    return int(config.rsplit('_sev', 1)[1]) if '_sev' in config else exposure.UNEXPOSED.severity
+    return _base_and_severity(dataset)[1]
 
 
 def make_example(split: str, index: int, resolution: int, severity: int = exposure.UNEXPOSED.severity) -> dict:
