@@ -29,6 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from adapt.datasets import augment as aug
+from adapt.datasets.tf_options import without_autotune
 
 # Training epochs per tf.data dataset: a new dataset costs ~0.5 s to instantiate (its functions), most of a
 # short epoch, so consecutive epochs are read through one dataset (and one iterator).
@@ -300,9 +301,7 @@ class DetectionPipeline:
                 rows = self._one_epoch(first + k, seeds[k], tf.equal(k, 0))
                 return rows.batch(self.layout.local_batch).map(_plain(lambda batch: {**batch, "_k": k}))
             ds = tf.data.Dataset.range(EPOCHS_PER_DATASET).flat_map(_plain(epoch_batches))
-        options = tf.data.Options()
-        options.deterministic = True
-        return ds.prefetch(self.prefetch).with_options(options)
+        return without_autotune(ds.prefetch(self.prefetch))
 
     # ----- iteration
     def __iter__(self):

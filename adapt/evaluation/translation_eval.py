@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
+from adapt.datasets.tf_options import without_autotune
 from adapt.evaluation.image_quality import frechet_distance_of, psnr, ssim
 from adapt.models.unit import UNITConfig, make_translate_fn
 from adapt.training.config import image_size
@@ -46,7 +47,7 @@ def paired_images(builder, split: str = 'paired', image_size=None, batch_size: i
             pair.append(image)
         return tuple(pair)
 
-    ds = ds.filter(lambda ex: tf.shape(ex[PAIRED_SOURCE])[0] > 0).map(prep).batch(batch_size)
+    ds = without_autotune(ds.filter(lambda ex: tf.shape(ex[PAIRED_SOURCE])[0] > 0).map(prep).batch(batch_size))
     yield from ds.as_numpy_iterator()
 
 
