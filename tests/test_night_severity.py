@@ -8,7 +8,8 @@ import tensorflow_datasets as tfds
 
 import adapt.datasets  # noqa: F401  registers the builders
 from adapt.datasets.daynight_synth import exposure, raster, render
-from adapt.datasets.daynight_synth.daynight_synth import SPLIT_CODES, DaynightSynth, at_severity, make_example, severity_of
+from adapt.datasets.daynight_synth.daynight_synth import (SPLIT_CODES, DaynightSynth, at_severity, make_example,
+                                                          severity_of)
 from adapt.datasets.daynight_synth.scene import sample_scene, split_seed
 
 LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709

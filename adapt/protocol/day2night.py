@@ -261,7 +261,6 @@ def adaptation_stages(config, builders, methods, seed, prefix='', data=()) -> li
     """The UNIT stage (where a method reads it), every method continued from the burn-in, and their evaluations,
     named `<prefix><name>` (the severity sweep's levels: 'severity<k>/', each with its data stage in `data`).
     The burn-in is the one stage shared by every prefix."""
-    extra = tuple(data)
     tests = {dom.test.split('[')[0] for dom in domains(config).values()}
     sn = lambda name: seed_name(name, seed)  # noqa: E731  (a dep's workdir key in ctx.dep_workdirs)
     stages = []
@@ -277,10 +276,10 @@ def adaptation_stages(config, builders, methods, seed, prefix='', data=()) -> li
 
     if any(needs_unit(config, m) for m in methods):  # no method reads a translator: no UNIT stage
         stages.append(Stage(f'{prefix}unit', {'config': unit_config(config, seed, '').to_dict()},
-                            deps=('burn_in', *extra), run=run_unit))
+                            deps=('burn_in', *data), run=run_unit))
 
     for method in methods:
-        deps = ('burn_in', f'{prefix}unit', *extra) if needs_unit(config, method) else ('burn_in', *extra)
+        deps = ('burn_in', f'{prefix}unit', *data) if needs_unit(config, method) else ('burn_in', *data)
         settings = {'config': method_config(config, method, seed, '', '').to_dict()}
 
         def run_method(ctx, method=method):

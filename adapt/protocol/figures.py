@@ -1,6 +1,7 @@
 """Figures of the Day2Night protocol report: a grouped bar chart of a metric per method and domain with
 95 % confidence intervals, precision-recall curves of several methods on one axes, each row's night
-mAP@0.5 and share of the gap against the night severity, and a labelled grid of example images (e.g. the same night frame translated and detected by each method).
+mAP@0.5 and share of the gap against the night severity, and a labelled grid of example images (e.g. the
+same night frame translated and detected by each method).
 
 Charts use matplotlib's object API on an Agg canvas (no pyplot, no display, no global backend); the
 image grid is drawn with PIL so the pixels of the examples land in the PNG unchanged (no resampling

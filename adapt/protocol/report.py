@@ -265,7 +265,8 @@ def severity_sweep(config, deps, methods) -> dict | None:
         return deps[seed_name(f'evaluate/{prefix}method/{row}', 0)]['test']
     rows = severity_methods(config, methods)
     night = {m: [test(m, k)[config.target]['AP50'] for k in levels] for m in rows}
-    out = {'levels': levels, 'names': {str(k): LEVELS[k - 1].name for k in levels}, 'own_level': own, 'seed': 0,
+    names = {level.severity: level.name for level in LEVELS}
+    out = {'levels': levels, 'names': {str(k): names[k] for k in levels}, 'own_level': own, 'seed': 0,
            'target': config.target,
            'source_only_over_oracle': [float(s / o) if o > 0 else None
                                        for s, o in zip(night['source_only'], night['oracle'])],
